@@ -1,0 +1,147 @@
+//! Device discovery and the backend choice: CUDA when an NVIDIA driver is usable, else a WGPU
+//! GPU adapter, else the CPU (burn's `flex`).
+//!
+//! Probing never creates a burn device first: burn's CUDA backend panics on first use without a
+//! driver, so the driver library is looked for and asked for its device name beforehand.
+
+use std::fmt;
+
+use burn::backend::cuda::CudaDevice;
+use burn::backend::wgpu::WgpuDevice;
+use burn::backend::{Autodiff, Cuda, Flex, Wgpu};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use serde::{Deserialize, Serialize};
+
+use crate::weights::read::quietly_catch;
+
+/// What the user asked for (`--backend`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// CUDA if an NVIDIA driver works, else a WGPU GPU adapter, else the CPU.
+    #[default]
+    Auto,
+    Cuda,
+    /// Vulkan, Metal or DX12 through wgpu; software adapters (lavapipe) only when asked for.
+    Wgpu,
+    Cpu,
+}
+
+/// The backend and device a command runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selected {
+    Cuda { ordinal: usize, name: String },
+    Wgpu { name: String, software: bool },
+    Cpu,
+}
+
+impl fmt::Display for Selected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cuda { ordinal, name } => write!(f, "cuda (device {ordinal}: {name})"),
+            Self::Wgpu {
+                name,
+                software: true,
+            } => write!(f, "wgpu ({name}, software renderer)"),
+            Self::Wgpu { name, .. } => write!(f, "wgpu ({name})"),
+            Self::Cpu => write!(
+                f,
+                "cpu (flex, {} threads)",
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            ),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("--backend cuda: no usable NVIDIA driver/GPU ({0}); try --backend wgpu or cpu")]
+    CudaUnavailable(String),
+    #[error("--backend wgpu: no WGPU adapter (Vulkan, Metal or DX12) was found; try --backend cpu")]
+    WgpuUnavailable,
+}
+
+impl BackendChoice {
+    pub fn select(self) -> Result<Selected, BackendError> {
+        match self {
+            Self::Cuda => probe_cuda().map_err(BackendError::CudaUnavailable),
+            Self::Wgpu => probe_wgpu().ok_or(BackendError::WgpuUnavailable),
+            Self::Cpu => Ok(Selected::Cpu),
+            Self::Auto => Ok(probe_cuda()
+                .ok()
+                .or_else(|| {
+                    probe_wgpu().filter(|w| !matches!(w, Selected::Wgpu { software: true, .. }))
+                })
+                .unwrap_or(Selected::Cpu)),
+        }
+    }
+}
+
+fn probe_cuda() -> Result<Selected, String> {
+    // SAFETY: only asks the dynamic loader whether libcuda can be opened.
+    if !quietly_catch(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false) {
+        return Err("libcuda was not found".into());
+    }
+    let name = quietly_catch(|| {
+        cudarc::driver::CudaContext::new(0)
+            .and_then(|ctx| ctx.name())
+            .map_err(|e| e.to_string())
+    })
+    .map_err(|panic| panic)??;
+    Ok(Selected::Cuda { ordinal: 0, name })
+}
+
+fn probe_wgpu() -> Option<Selected> {
+    let adapters = quietly_catch(|| {
+        let instance = wgpu::Instance::default();
+        futures_lite::future::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+            .into_iter()
+            .map(|a| a.get_info())
+            .collect::<Vec<_>>()
+    })
+    .ok()?;
+    // Prefer real GPUs; cubecl's default device makes the same ranking.
+    let rank = |t: wgpu::DeviceType| match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu | wgpu::DeviceType::Other => 2,
+        wgpu::DeviceType::Cpu => 3,
+    };
+    let best = adapters
+        .into_iter()
+        .min_by_key(|info| rank(info.device_type))?;
+    Some(Selected::Wgpu {
+        name: best.name,
+        software: best.device_type == wgpu::DeviceType::Cpu,
+    })
+}
+
+/// Work that runs on whatever backend was selected (inference only).
+pub trait OnBackend {
+    type Output;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output;
+}
+
+/// Work that trains, on the autodiff version of the selected backend.
+pub trait OnAutodiffBackend {
+    type Output;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
+}
+
+impl Selected {
+    pub fn run<T: OnBackend>(&self, task: T) -> T::Output {
+        match self {
+            Self::Cuda { ordinal, .. } => task.run::<Cuda>(CudaDevice::new(*ordinal)),
+            Self::Wgpu { .. } => task.run::<Wgpu>(WgpuDevice::DefaultDevice),
+            Self::Cpu => task.run::<Flex>(Default::default()),
+        }
+    }
+
+    pub fn run_autodiff<T: OnAutodiffBackend>(&self, task: T) -> T::Output {
+        match self {
+            Self::Cuda { ordinal, .. } => task.run::<Autodiff<Cuda>>(CudaDevice::new(*ordinal)),
+            Self::Wgpu { .. } => task.run::<Autodiff<Wgpu>>(WgpuDevice::DefaultDevice),
+            Self::Cpu => task.run::<Autodiff<Flex>>(Default::default()),
+        }
+    }
+}

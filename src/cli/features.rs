@@ -1,0 +1,98 @@
+//! `kdlab features`: one model's layer results, final hidden state and KD target.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorData};
+
+use crate::backend::{OnBackend, Selected};
+use crate::data::{decode_rgb, validation_transform};
+use crate::distill::prepare_target;
+use crate::model::BlockSelection;
+use crate::weights::{Architecture, Checkpoint};
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["input", "image"])))]
+pub struct FeaturesArgs {
+    /// Weights: unilm BEiT v2 .pth, timm BEiT v2 .safetensors, fairseq data2vec2 .pt or kdlab file.
+    #[arg(long)]
+    weights: PathBuf,
+    /// Keep the prenet and the first N main blocks (a student from a data2vec 2.0 checkpoint).
+    #[arg(long)]
+    depth: Option<usize>,
+    /// safetensors file holding `image` [B, 3, H, W], already normalised.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// An image file, put through the validation transform (bicubic resize, normalise).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Where to write `layer.{i}`, `final` and `target` (f32 safetensors).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(args: FeaturesArgs, backend: Selected) -> anyhow::Result<ExitCode> {
+    let checkpoint = Checkpoint::open(&args.weights)?;
+    let image_size = match &checkpoint.architecture {
+        Architecture::BeitV2(c) => c.image_size,
+        Architecture::Data2Vec2(c) => c.image_size,
+    };
+    let images = match (&args.input, &args.image) {
+        (Some(input), _) => crate::cli::tensor_file::read_f32(input, "image")?,
+        (None, Some(image)) => {
+            let rgb = decode_rgb(image)?;
+            let pixels = validation_transform(&rgb, image_size as u32);
+            TensorData::new(pixels, [1, 3, image_size, image_size])
+        }
+        (None, None) => unreachable!("clap requires --input or --image"),
+    };
+    match images.shape.as_slice() {
+        &[_, 3, h, w] if h == image_size && w == image_size => {}
+        other => bail!(
+            "the images are {other:?}, but {} takes [B, 3, {image_size}, {image_size}]",
+            args.weights.display()
+        ),
+    }
+    let selection = args.depth.map(BlockSelection::FirstMain);
+    let outputs = backend.run(Features {
+        checkpoint: &checkpoint,
+        selection,
+        images,
+    })?;
+    crate::cli::tensor_file::write_f32(&args.out, &outputs)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!(
+        "kdlab: wrote {} tensors to {}",
+        outputs.len(),
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Features<'a> {
+    checkpoint: &'a Checkpoint,
+    selection: Option<BlockSelection>,
+    images: TensorData,
+}
+
+impl OnBackend for Features<'_> {
+    type Output = anyhow::Result<Vec<(String, TensorData)>>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let encoder = self.checkpoint.load_encoder::<B>(self.selection, &device)?;
+        let output = encoder.forward(Tensor::from_data(self.images, &device));
+        let target = prepare_target(&output.layer_results);
+        let f32_data = |t: Tensor<B, 3>| t.cast(DType::F32).into_data();
+        let mut tensors: Vec<(String, TensorData)> = output
+            .layer_results
+            .into_iter()
+            .enumerate()
+            .map(|(i, layer)| (format!("layer.{i}"), f32_data(layer)))
+            .collect();
+        tensors.push(("final".into(), f32_data(output.last_hidden)));
+        tensors.push(("target".into(), f32_data(target)));
+        Ok(tensors)
+    }
+}

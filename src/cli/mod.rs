@@ -1,0 +1,70 @@
+//! The command line: clap definitions and the headless commands.
+
+mod features;
+mod inspect;
+pub mod tensor_file;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::backend::{BackendChoice, Selected};
+
+/// Distil a BEiT v2 teacher into a data2vec 2.0 student on burn, and see per patch where the
+/// student matches the teacher.
+#[derive(Debug, Parser)]
+#[command(name = "kdlab", version, about, long_about = None)]
+pub struct Cli {
+    /// Run headless (the commands never need a display either way).
+    #[arg(long, global = true)]
+    pub no_gui: bool,
+
+    /// Compute backend: auto picks CUDA, then a WGPU GPU adapter, then the CPU.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto, global = true)]
+    pub backend: BackendChoice,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one model on a batch and write every layer result, the final hidden state and the
+    /// prepared KD target.
+    Features(features::FeaturesArgs),
+    /// Say which layout a weights file is, the architecture it holds and how its keys load.
+    Inspect(inspect::InspectArgs),
+}
+
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => {
+            Cli::command().print_help()?;
+            println!();
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Features(args)) => features::run(args, select_backend(cli.backend)?),
+        Some(Command::Inspect(args)) => inspect::run(args),
+    }
+}
+
+/// Resolves `--backend` and says what was picked, as every computing command does.
+fn select_backend(choice: BackendChoice) -> anyhow::Result<Selected> {
+    let selected = choice.select()?;
+    eprintln!("kdlab: backend {selected}");
+    Ok(selected)
+}
+
+/// Writes next to `path` and renames, so a reader never sees a half-written file.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let tmp: PathBuf = {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".tmp");
+        path.with_file_name(name)
+    };
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}

@@ -1,0 +1,51 @@
+//! Small safetensors helpers for command inputs and outputs (f32 tensors by name).
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use burn::tensor::{DType, TensorData};
+
+/// Reads the tensor `name` as f32, whatever float type the file stores.
+pub fn read_f32(path: &Path, name: &str) -> anyhow::Result<TensorData> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
+    let view = file.tensor(name).with_context(|| {
+        format!(
+            "{} has no tensor '{name}' (it has {:?})",
+            path.display(),
+            file.names()
+        )
+    })?;
+    let dtype = match view.dtype() {
+        safetensors::Dtype::F32 => DType::F32,
+        safetensors::Dtype::F16 => DType::F16,
+        safetensors::Dtype::BF16 => DType::BF16,
+        safetensors::Dtype::F64 => DType::F64,
+        other => bail!(
+            "{}: tensor '{name}' is {other:?}; expected a float tensor",
+            path.display()
+        ),
+    };
+    Ok(
+        TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), dtype)
+            .convert_dtype(DType::F32),
+    )
+}
+
+/// Writes f32 tensors by name.
+pub fn write_f32(path: &Path, tensors: &[(String, TensorData)]) -> anyhow::Result<()> {
+    let views = tensors
+        .iter()
+        .map(|(name, data)| {
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                data.shape.to_vec(),
+                data.as_bytes(),
+            )?;
+            Ok((name.clone(), view))
+        })
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    let bytes = safetensors::serialize(views, None)?;
+    super::write_atomically(path, &bytes)
+}

@@ -1,0 +1,326 @@
+//! Which checkpoint layout a file is, the architecture it implies, and how its keys map onto
+//! kdlab's modules — one commented table per layout.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::model::{BeitV2Config, Data2Vec2Config};
+
+use super::read::{FileFormat, RawWeights};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Layout {
+    /// microsoft/unilm BEiT v2 `.pth`: `{'model': state_dict}`, one shared rel-pos table.
+    #[serde(rename = "beitv2-unilm")]
+    BeitV2Unilm,
+    /// timm `Beit` (`beitv2_*`): one rel-pos table per block, `fc_norm` + `head`.
+    #[serde(rename = "beitv2-timm")]
+    BeitV2Timm,
+    /// fairseq data2vec 2.0 `.pt`: `{'cfg': {'model': …}, 'model': state_dict}`.
+    #[serde(rename = "data2vec2-fairseq")]
+    Data2Vec2Fairseq,
+    /// A safetensors file written by kdlab, with its architecture in the metadata.
+    #[serde(rename = "kdlab")]
+    Kdlab,
+}
+
+impl Layout {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BeitV2Unilm => "beitv2-unilm",
+            Self::BeitV2Timm => "beitv2-timm",
+            Self::Data2Vec2Fairseq => "data2vec2-fairseq",
+            Self::Kdlab => "kdlab",
+        }
+    }
+}
+
+/// The encoder a checkpoint holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+pub enum Architecture {
+    BeitV2(BeitV2Config),
+    Data2Vec2(Data2Vec2Config),
+}
+
+/// The metadata keys of a kdlab safetensors file.
+pub const KDLAB_FORMAT_KEY: &str = "format";
+pub const KDLAB_FORMAT: &str = "kdlab";
+pub const KDLAB_ARCHITECTURE_KEY: &str = "kdlab.architecture";
+
+const D2V2_PATCH: &str = "modality_encoders.IMAGE.local_encoder.proj.weight";
+const D2V2_POSITIONS: &str = "modality_encoders.IMAGE.fixed_positional_encoder.positions";
+const UNILM_TABLE: &str = "rel_pos_bias.relative_position_bias_table";
+const TIMM_TABLE_0: &str = "blocks.0.attn.relative_position_bias_table";
+
+pub fn detect_layout(raw: &RawWeights) -> Option<Layout> {
+    let has = |k: &str| raw.tensors.contains_key(k);
+    if raw.metadata.get(KDLAB_FORMAT_KEY).map(String::as_str) == Some(KDLAB_FORMAT) {
+        Some(Layout::Kdlab)
+    } else if has(D2V2_PATCH) {
+        Some(Layout::Data2Vec2Fairseq)
+    } else if has("patch_embed.proj.weight") && has(UNILM_TABLE) {
+        Some(Layout::BeitV2Unilm)
+    } else if has("patch_embed.proj.weight") && has(TIMM_TABLE_0) {
+        Some(Layout::BeitV2Timm)
+    } else {
+        None
+    }
+}
+
+/// Where a key of the file goes in kdlab's modules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyTarget {
+    /// A parameter path of kdlab's module, PyTorch naming (`weight`/`bias`, `[out, in]`).
+    Param(String),
+    /// Present in the file, deliberately unused.
+    Ignored,
+}
+
+/// unilm BEiT v2: names equal kdlab's module paths.
+fn unilm_key(key: &str) -> KeyTarget {
+    let unused = key == "mask_token" // masking is never used by the KD teacher
+        || key.starts_with("lm_head.") // MIM head
+        || key.starts_with("cls_pt_layers.") // BEiT v2's extra shallow decoder
+        || key.starts_with("norm.") // replaced by identity in the thesis teacher
+        || key.ends_with("relative_position_index"); // rebuilt from the grid
+    if unused {
+        KeyTarget::Ignored
+    } else {
+        KeyTarget::Param(key.to_string())
+    }
+}
+
+/// timm `Beit`: names equal kdlab's module paths (per-block tables live in `attn`).
+fn timm_key(key: &str) -> KeyTarget {
+    let unused = key.starts_with("head.") // classifier
+        || key.starts_with("fc_norm.") // pooled-feature norm of the classifier
+        || key.starts_with("norm.")
+        || key == "mask_token"
+        || key.ends_with("relative_position_index")
+        || key.ends_with("k_bias"); // always zero
+    if unused {
+        KeyTarget::Ignored
+    } else {
+        KeyTarget::Param(key.to_string())
+    }
+}
+
+/// fairseq data2vec 2.0: the image encoder nested under `modality_encoders.IMAGE` is flat in kdlab.
+const FAIRSEQ_PREFIXES: [(&str, &str); 6] = [
+    (
+        "modality_encoders.IMAGE.local_encoder.proj.",
+        "patch_embed.proj.",
+    ),
+    (D2V2_POSITIONS, "positions"),
+    ("modality_encoders.IMAGE.extra_tokens", "extra_tokens"),
+    (
+        "modality_encoders.IMAGE.context_encoder.norm.",
+        "context_norm.",
+    ),
+    (
+        "modality_encoders.IMAGE.context_encoder.blocks.",
+        "prenet_blocks.",
+    ),
+    ("blocks.", "blocks."),
+];
+
+fn fairseq_key(key: &str) -> KeyTarget {
+    // Everything else (the pretraining decoder, the nested `_ema` teacher, …) is unused.
+    FAIRSEQ_PREFIXES
+        .iter()
+        .find_map(|(from, to)| key.strip_prefix(from).map(|rest| format!("{to}{rest}")))
+        .map_or(KeyTarget::Ignored, KeyTarget::Param)
+}
+
+/// The inverse of the fairseq table: kdlab's path → the fairseq key (used by export).
+pub fn fairseq_name(path: &str) -> String {
+    FAIRSEQ_PREFIXES
+        .iter()
+        .find_map(|(from, to)| path.strip_prefix(to).map(|rest| format!("{from}{rest}")))
+        .unwrap_or_else(|| path.to_string())
+}
+
+pub fn key_target(layout: Layout, architecture: &Architecture, key: &str) -> KeyTarget {
+    match (layout, architecture) {
+        (Layout::BeitV2Unilm, _) | (Layout::Kdlab, Architecture::BeitV2(_)) => unilm_key(key),
+        (Layout::BeitV2Timm, _) => timm_key(key),
+        (Layout::Data2Vec2Fairseq, _) | (Layout::Kdlab, Architecture::Data2Vec2(_)) => {
+            fairseq_key(key)
+        }
+    }
+}
+
+/// Infers the architecture from shapes (and the fairseq cfg, which alone knows the head count).
+pub fn infer_architecture(layout: Layout, raw: &RawWeights) -> Result<Architecture, String> {
+    match layout {
+        Layout::BeitV2Unilm | Layout::BeitV2Timm => {
+            infer_beit(layout, raw).map(Architecture::BeitV2)
+        }
+        Layout::Data2Vec2Fairseq => infer_data2vec2(raw).map(Architecture::Data2Vec2),
+        Layout::Kdlab => {
+            let json = raw.metadata.get(KDLAB_ARCHITECTURE_KEY).ok_or_else(|| {
+                format!("a kdlab file needs '{KDLAB_ARCHITECTURE_KEY}' in its metadata")
+            })?;
+            serde_json::from_str(json)
+                .map_err(|e| format!("metadata '{KDLAB_ARCHITECTURE_KEY}' is not valid: {e}"))
+        }
+    }
+}
+
+fn shape_of(raw: &RawWeights, key: &str) -> Result<Vec<usize>, String> {
+    raw.tensors
+        .get(key)
+        .map(|t| t.shape.to_vec())
+        .ok_or_else(|| format!("key '{key}' is missing"))
+}
+
+fn count_blocks(raw: &RawWeights, prefix: &str) -> usize {
+    (0..)
+        .take_while(|i| {
+            raw.tensors
+                .contains_key(&format!("{prefix}{i}.attn.qkv.weight"))
+        })
+        .count()
+}
+
+/// `[D, 3, p, p]` → (D, p), checking that the patches are square.
+fn patch_conv(raw: &RawWeights, key: &str) -> Result<(usize, usize), String> {
+    match shape_of(raw, key)?.as_slice() {
+        &[d, 3, p, q] if p == q => Ok((d, p)),
+        other => Err(format!("'{key}' should be [D, 3, p, p], found {other:?}")),
+    }
+}
+
+fn infer_beit(layout: Layout, raw: &RawWeights) -> Result<BeitV2Config, String> {
+    let (embed_dim, patch_size) = patch_conv(raw, "patch_embed.proj.weight")?;
+    let table_key = if layout == Layout::BeitV2Unilm {
+        UNILM_TABLE
+    } else {
+        TIMM_TABLE_0
+    };
+    let (rows, num_heads) = match shape_of(raw, table_key)?.as_slice() {
+        &[rows, heads] => (rows, heads),
+        other => {
+            return Err(format!(
+                "'{table_key}' should be [(2g−1)²+3, H], found {other:?}"
+            ));
+        }
+    };
+    let span = rows.checked_sub(3).map(|n| n.isqrt()).unwrap_or(0);
+    if span == 0 || span * span + 3 != rows || span % 2 == 0 {
+        return Err(format!(
+            "'{table_key}' has {rows} rows, which is not (2g−1)²+3 for any grid g"
+        ));
+    }
+    let depth = count_blocks(raw, "blocks.");
+    let mlp_hidden_dim = shape_of(raw, "blocks.0.mlp.fc1.weight")?[0];
+    check_heads(embed_dim, num_heads)?;
+    Ok(BeitV2Config {
+        image_size: span.div_ceil(2) * patch_size,
+        patch_size,
+        embed_dim,
+        depth,
+        num_heads,
+        mlp_hidden_dim,
+        shared_rel_pos_bias: layout == Layout::BeitV2Unilm,
+        norm_eps: 1e-6,
+    })
+}
+
+fn check_heads(embed_dim: usize, num_heads: usize) -> Result<(), String> {
+    if num_heads == 0 || embed_dim % num_heads != 0 {
+        Err(format!(
+            "width {embed_dim} does not split into {num_heads} heads"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn infer_data2vec2(raw: &RawWeights) -> Result<Data2Vec2Config, String> {
+    let (embed_dim, patch_size) = patch_conv(raw, D2V2_PATCH)?;
+    let patches = match shape_of(raw, D2V2_POSITIONS)?.as_slice() {
+        &[1, n, d] if d == embed_dim => n,
+        other => {
+            return Err(format!(
+                "'{D2V2_POSITIONS}' should be [1, N, {embed_dim}], found {other:?}"
+            ));
+        }
+    };
+    let grid = patches.isqrt();
+    if grid * grid != patches {
+        return Err(format!(
+            "'{D2V2_POSITIONS}' has {patches} positions, not a square grid"
+        ));
+    }
+    let depth = count_blocks(raw, "blocks.");
+    let prenet_depth = count_blocks(raw, "modality_encoders.IMAGE.context_encoder.blocks.");
+    let mlp_hidden_dim = shape_of(raw, "blocks.0.mlp.fc1.weight")?[0];
+    let inferred = Data2Vec2Config {
+        image_size: grid * patch_size,
+        patch_size,
+        embed_dim,
+        depth,
+        prenet_depth,
+        // Shapes cannot tell the head count; without a cfg assume ViT's 64 per head.
+        num_heads: embed_dim / 64,
+        mlp_hidden_dim,
+        norm_eps: 1e-6,
+    };
+    match &raw.fairseq_cfg {
+        Some(cfg) => apply_fairseq_cfg(inferred, cfg),
+        None if raw.format == FileFormat::Pytorch => {
+            Err("the fairseq checkpoint has no readable 'cfg.model' dict".into())
+        }
+        None => Ok(inferred),
+    }
+}
+
+/// Takes the head count and eps from `cfg.model`, checking the fields the shapes also tell.
+fn apply_fairseq_cfg(mut config: Data2Vec2Config, cfg: &Value) -> Result<Data2Vec2Config, String> {
+    let field = |path: &[&str]| -> Option<&Value> { path.iter().try_fold(cfg, |v, k| v.get(k)) };
+    let int = |path: &[&str]| field(path).and_then(Value::as_u64).map(|v| v as usize);
+    let checks = [
+        ("embed_dim", int(&["embed_dim"]), config.embed_dim),
+        (
+            "modalities.image.prenet_depth",
+            int(&["modalities", "image", "prenet_depth"]),
+            config.prenet_depth,
+        ),
+        (
+            "modalities.image.patch_size",
+            int(&["modalities", "image", "patch_size"]),
+            config.patch_size,
+        ),
+    ];
+    for (name, stated, found) in checks {
+        if let Some(stated) = stated
+            && stated != found
+        {
+            return Err(format!(
+                "cfg.model.{name} is {stated} but the weights have {found}"
+            ));
+        }
+    }
+    // `depth` is not checked: a student cut from the model (`blocks[:N]`) keeps the full cfg.
+    if let Some(heads) = int(&["num_heads"]) {
+        config.num_heads = heads;
+    }
+    if let Some(eps) = field(&["norm_eps"]).and_then(Value::as_f64) {
+        config.norm_eps = eps;
+    }
+    for (flag, what) in [
+        ("layer_norm_first", "pre-LN blocks"),
+        ("end_of_block_targets", "block outputs as layer results"),
+    ] {
+        if field(&[flag]).and_then(Value::as_bool) == Some(true) {
+            return Err(format!(
+                "cfg.model.{flag} is true ({what}); kdlab implements the released post-LN image \
+                 model, whose layer results are FFN outputs"
+            ));
+        }
+    }
+    check_heads(config.embed_dim, config.num_heads)?;
+    Ok(config)
+}

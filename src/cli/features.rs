@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use burn::tensor::backend::Backend;
@@ -81,8 +82,13 @@ impl OnBackend for Features<'_> {
     type Output = anyhow::Result<Vec<(String, TensorData)>>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let started = Instant::now();
         let encoder = self.checkpoint.load_encoder::<B>(self.selection, &device)?;
-        let output = encoder.forward(Tensor::from_data(self.images, &device));
+        let images = Tensor::from_data(self.images, &device);
+        let batch = images.dims()[0];
+        B::sync(&device)?;
+        let loaded = Instant::now();
+        let output = encoder.forward(images);
         let target = prepare_target(&output.layer_results);
         let f32_data = |t: Tensor<B, 3>| t.cast(DType::F32).into_data();
         let mut tensors: Vec<(String, TensorData)> = output
@@ -93,6 +99,13 @@ impl OnBackend for Features<'_> {
             .collect();
         tensors.push(("final".into(), f32_data(output.last_hidden)));
         tensors.push(("target".into(), f32_data(target)));
+        let forward_secs = loaded.elapsed().as_secs_f64();
+        eprintln!(
+            "kdlab: weights loaded in {:.2} s; forward + target of {batch} images in {:.0} ms ({:.1} ms/image)",
+            (loaded - started).as_secs_f64(),
+            forward_secs * 1e3,
+            forward_secs * 1e3 / batch as f64
+        );
         Ok(tensors)
     }
 }

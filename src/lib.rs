@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod config;
 pub mod data;
 pub mod distill;
 pub mod model;

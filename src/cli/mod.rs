@@ -1,8 +1,10 @@
 //! The command line: clap definitions and the headless commands.
 
+mod export;
 mod features;
 mod inspect;
 pub mod tensor_file;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,11 +32,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Distil the teacher into the student as a config describes; writes a run directory.
+    Train(train::TrainArgs),
     /// Run one model on a batch and write every layer result, the final hidden state and the
     /// prepared KD target.
     Features(features::FeaturesArgs),
     /// Say which layout a weights file is, the architecture it holds and how its keys load.
     Inspect(inspect::InspectArgs),
+    /// Write a run's student in data2vec 2.0 (fairseq) key names.
+    Export(export::ExportArgs),
 }
 
 pub fn run() -> anyhow::Result<ExitCode> {
@@ -47,6 +53,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         }
         Some(Command::Features(args)) => features::run(args, select_backend(cli.backend)?),
         Some(Command::Inspect(args)) => inspect::run(args),
+        Some(Command::Train(args)) => train::run(args, select_backend(cli.backend)?),
+        Some(Command::Export(args)) => export::run(args),
     }
 }
 

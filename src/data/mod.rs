@@ -1,8 +1,11 @@
-//! Images in: decoding, the reference transforms, resizing.
+//! Images in: folders, decoding, the reference transforms, batching on worker threads.
 
+pub mod folder;
 pub mod image_file;
+pub mod loader;
 pub mod resize;
 pub mod transform;
 
+pub use folder::ImageFolder;
 pub use image_file::decode_rgb;
-pub use transform::{normalize, validation_transform};
+pub use transform::{normalize, train_transform, validation_transform};

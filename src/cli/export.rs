@@ -1,0 +1,48 @@
+//! `kdlab export`: a run's student as a safetensors file in data2vec 2.0 (fairseq) key names.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use burn::backend::Flex;
+
+use crate::distill::checkpoint::{kdlab_metadata, student_tensors, write_tensors};
+use crate::model::BlockSelection;
+use crate::weights::{Architecture, Checkpoint};
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// A checkpoint file, or a run directory (its checkpoints/last.safetensors).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The student's weights, loadable by PyTorch (`safetensors.torch.load_file`) into the
+    /// fairseq data2vec 2.0 model cut to the same blocks.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let path = if args.checkpoint.is_dir() {
+        args.checkpoint.join("checkpoints/last.safetensors")
+    } else {
+        args.checkpoint.clone()
+    };
+    let checkpoint = Checkpoint::open(&path)?;
+    let Architecture::Data2Vec2(_) = &checkpoint.architecture else {
+        bail!("{} holds a BEiT v2 model, not a student", path.display());
+    };
+    // Loading validates every key and shape before anything is written.
+    let student = checkpoint.load_data2vec2::<Flex>(BlockSelection::All, &Default::default())?;
+    let tensors = student_tensors(&student);
+    write_tensors(
+        &args.out,
+        &tensors,
+        kdlab_metadata(&checkpoint.architecture),
+    )?;
+    eprintln!(
+        "kdlab: wrote {} student tensors to {}",
+        tensors.len(),
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

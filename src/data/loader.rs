@@ -1,0 +1,171 @@
+//! Batches on worker threads, ahead of the device, in a reproducible order.
+//!
+//! The order of an epoch and the augmentation of each sample depend only on (seed, epoch,
+//! position), never on thread timing or worker count — which is what makes `--resume` exact.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, bounded};
+use image::RgbImage;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+use super::folder::ImageFolder;
+use super::image_file::decode_rgb;
+
+/// Turns a decoded image into `[3, S, S]` normalised pixels.
+pub type Transform = Arc<dyn Fn(&RgbImage, &mut ChaCha8Rng) -> Vec<f32> + Send + Sync>;
+
+/// One batch, `[len, 3, S, S]` flattened, plus the files that could not be used.
+#[derive(Debug)]
+pub struct Batch {
+    pub index: usize,
+    pub pixels: Vec<f32>,
+    pub len: usize,
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Mixes numbers into one seed (splitmix64), so nearby inputs give unrelated streams.
+pub fn mix_seed(parts: &[u64]) -> u64 {
+    parts.iter().fold(0x9E37_79B9_7F4A_7C15, |acc, &p| {
+        let mut z = acc ^ p.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
+
+/// Sample indices of an epoch: every image `repeats` times, shuffled from (seed, epoch).
+pub fn epoch_order(
+    images: usize,
+    repeats: usize,
+    seed: u64,
+    epoch: usize,
+    shuffle: bool,
+) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..images * repeats).map(|i| i % images).collect();
+    if shuffle {
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix_seed(&[
+            seed,
+            epoch as u64,
+            1,
+        ])));
+    }
+    order
+}
+
+pub struct LoaderSettings {
+    pub batch_size: usize,
+    pub workers: usize,
+    pub prefetch_batches: usize,
+    pub drop_last: bool,
+    pub seed: u64,
+}
+
+/// Streams the batches `first_batch..` of one epoch; dropping the receiver stops the workers.
+pub fn spawn_epoch(
+    folder: Arc<ImageFolder>,
+    order: Vec<usize>,
+    first_batch: usize,
+    epoch: usize,
+    settings: &LoaderSettings,
+    transform: Transform,
+) -> BatchStream {
+    let full = order.len() / settings.batch_size;
+    let batches = if settings.drop_last {
+        full
+    } else {
+        order.len().div_ceil(settings.batch_size)
+    };
+    let order = Arc::new(order);
+    let workers = settings.workers.max(1);
+    let capacity = settings.prefetch_batches.div_ceil(workers).max(1);
+    let receivers = (0..workers)
+        .map(|w| {
+            let (tx, rx) = bounded::<Batch>(capacity);
+            let (folder, order, transform) = (folder.clone(), order.clone(), transform.clone());
+            let (batch_size, seed) = (settings.batch_size, settings.seed);
+            std::thread::spawn(move || {
+                for index in (first_batch..batches).skip(w).step_by(workers) {
+                    let start = index * batch_size;
+                    let end = (start + batch_size).min(order.len());
+                    let batch =
+                        make_batch(&folder, &order, start..end, index, epoch, seed, &transform);
+                    if tx.send(batch).is_err() {
+                        return;
+                    }
+                }
+            });
+            rx
+        })
+        .collect();
+    BatchStream {
+        receivers,
+        first: first_batch,
+        next: first_batch,
+        end: batches,
+    }
+}
+
+fn make_batch(
+    folder: &ImageFolder,
+    order: &[usize],
+    positions: std::ops::Range<usize>,
+    index: usize,
+    epoch: usize,
+    seed: u64,
+    transform: &Transform,
+) -> Batch {
+    let mut pixels = Vec::new();
+    let mut skipped = Vec::new();
+    let mut len = 0;
+    for position in positions {
+        let entry = &folder.entries[order[position]];
+        match decode_rgb(&entry.path) {
+            Ok(img) => {
+                let mut rng =
+                    ChaCha8Rng::seed_from_u64(mix_seed(&[seed, epoch as u64, position as u64, 2]));
+                pixels.extend(transform(&img, &mut rng));
+                len += 1;
+            }
+            Err(e) => skipped.push((entry.path.clone(), e.message)),
+        }
+    }
+    Batch {
+        index,
+        pixels,
+        len,
+        skipped,
+    }
+}
+
+/// Batches in order, taken round-robin from the workers (worker w makes batches
+/// `first + w`, `first + w + workers`, …).
+pub struct BatchStream {
+    receivers: Vec<Receiver<Batch>>,
+    first: usize,
+    next: usize,
+    end: usize,
+}
+
+impl BatchStream {
+    pub fn batches_left(&self) -> usize {
+        self.end - self.next
+    }
+}
+
+impl Iterator for BatchStream {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        if self.next >= self.end {
+            return None;
+        }
+        let worker = (self.next - self.first) % self.receivers.len();
+        let batch = self.receivers[worker].recv().ok()?;
+        self.next += 1;
+        Some(batch)
+    }
+}

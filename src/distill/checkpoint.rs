@@ -1,0 +1,173 @@
+//! Run checkpoints: one safetensors file holding the student (data2vec 2.0 key names, so it is
+//! also a loadable student), the AdamW moments (`optim.exp_avg.<key>`, `optim.exp_avg_sq.<key>`)
+//! and, in the metadata, the architecture and the training state. Written to a temporary file and
+//! renamed, so a crash never leaves a half-written checkpoint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorData};
+use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
+use serde::{Deserialize, Serialize};
+
+use super::optim::{AdamW, Moments};
+use crate::model::Data2Vec2;
+use crate::weights::Architecture;
+use crate::weights::layout::{
+    KDLAB_ARCHITECTURE_KEY, KDLAB_FORMAT, KDLAB_FORMAT_KEY, fairseq_name,
+};
+
+pub const TRAIN_STATE_KEY: &str = "kdlab.train_state";
+pub const CONFIG_KEY: &str = "kdlab.config";
+const EXP_AVG: &str = "optim.exp_avg.";
+const EXP_AVG_SQ: &str = "optim.exp_avg_sq.";
+
+/// Where training stands; with the seed, this fixes the data order and augmentation to come.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimiser steps done.
+    pub step: usize,
+    pub epoch: usize,
+    /// Micro-batches of `epoch` already consumed.
+    pub batch_in_epoch: usize,
+    pub best_val_loss: Option<f64>,
+    /// AdamW's per-parameter step counts (by fairseq key).
+    pub optim_steps: BTreeMap<String, u64>,
+}
+
+/// The student's tensors under fairseq names, f32.
+pub fn student_tensors<B: Backend>(student: &Data2Vec2<B>) -> Vec<(String, TensorData)> {
+    student
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
+        .into_iter()
+        .filter_map(|s| {
+            let data = s.to_data().ok()?.convert_dtype(DType::F32);
+            Some((fairseq_name(&s.full_path()), data))
+        })
+        .collect()
+}
+
+/// Architecture metadata of a student whose main blocks were selected.
+pub fn student_architecture<B: Backend>(
+    base: &crate::model::Data2Vec2Config,
+    student: &Data2Vec2<B>,
+) -> Architecture {
+    let mut config = base.clone();
+    config.depth = student.blocks.len();
+    Architecture::Data2Vec2(config)
+}
+
+pub fn write_tensors(
+    path: &Path,
+    tensors: &[(String, TensorData)],
+    metadata: HashMap<String, String>,
+) -> anyhow::Result<()> {
+    let views = tensors
+        .iter()
+        .map(|(name, data)| {
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                data.shape.to_vec(),
+                data.as_bytes(),
+            )
+            .map(|v| (name.clone(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bytes = safetensors::serialize(views, Some(metadata))?;
+    crate::cli::write_atomically(path, &bytes)
+}
+
+pub fn kdlab_metadata(architecture: &Architecture) -> HashMap<String, String> {
+    HashMap::from([
+        (KDLAB_FORMAT_KEY.to_string(), KDLAB_FORMAT.to_string()),
+        (
+            KDLAB_ARCHITECTURE_KEY.to_string(),
+            serde_json::to_string(architecture).unwrap_or_default(),
+        ),
+    ])
+}
+
+/// Writes the student, its optimiser moments and the state.
+pub fn save<B: Backend>(
+    path: &Path,
+    student: &Data2Vec2<B>,
+    architecture: &Architecture,
+    optimizer: &AdamW<B>,
+    state: &TrainState,
+    config_ron: &str,
+) -> anyhow::Result<()> {
+    let mut tensors = student_tensors(student);
+    let mut state = state.clone();
+    state.optim_steps.clear();
+    for (path, m) in &optimizer.state {
+        let key = fairseq_name(path);
+        tensors.push((format!("{EXP_AVG}{key}"), m.exp_avg.to_data()));
+        tensors.push((format!("{EXP_AVG_SQ}{key}"), m.exp_avg_sq.to_data()));
+        state.optim_steps.insert(key, m.step);
+    }
+    let mut metadata = kdlab_metadata(architecture);
+    metadata.insert(TRAIN_STATE_KEY.into(), serde_json::to_string(&state)?);
+    metadata.insert(CONFIG_KEY.into(), config_ron.to_string());
+    write_tensors(path, &tensors, metadata)
+}
+
+/// The training state and the optimiser moments of a checkpoint (its student loads through
+/// `weights::Checkpoint` like any kdlab file).
+pub fn load_training_state<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+) -> anyhow::Result<(TrainState, HashMap<String, Moments<B>>)> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .with_context(|| format!("{} is not a kdlab checkpoint", path.display()))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes)?;
+    let Some(state_json) = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(TRAIN_STATE_KEY))
+        .cloned()
+    else {
+        bail!(
+            "{} holds no training state (an exported student cannot be resumed)",
+            path.display()
+        );
+    };
+    let state: TrainState = serde_json::from_str(&state_json)
+        .with_context(|| format!("{}: invalid {TRAIN_STATE_KEY}", path.display()))?;
+    let tensor = |name: &str| -> anyhow::Result<Tensor<B, 1>> {
+        let view = file
+            .tensor(name)
+            .with_context(|| format!("{}: missing optimiser tensor '{name}'", path.display()))?;
+        let n = view.shape().iter().product::<usize>();
+        let data = TensorData::from_bytes_vec(view.data().to_vec(), vec![n], DType::F32);
+        Ok(Tensor::from_data(data, device))
+    };
+    let mut moments = HashMap::new();
+    for (key, step) in &state.optim_steps {
+        let path_in_model = kdlab_path(key);
+        moments.insert(
+            path_in_model,
+            Moments {
+                exp_avg: tensor(&format!("{EXP_AVG}{key}"))?,
+                exp_avg_sq: tensor(&format!("{EXP_AVG_SQ}{key}"))?,
+                step: *step,
+            },
+        );
+    }
+    Ok((state, moments))
+}
+
+/// fairseq key → kdlab path (the inverse of `fairseq_name`).
+fn kdlab_path(key: &str) -> String {
+    match crate::weights::layout::key_target(
+        crate::weights::Layout::Data2Vec2Fairseq,
+        &Architecture::Data2Vec2(crate::model::Data2Vec2Config::vit_base_patch16_224()),
+        key,
+    ) {
+        crate::weights::KeyTarget::Param(p) => p,
+        crate::weights::KeyTarget::Ignored => key.to_string(),
+    }
+}

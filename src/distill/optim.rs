@@ -1,0 +1,236 @@
+//! AdamW with PyTorch's semantics and the thesis' two parameter groups.
+//!
+//! Written here rather than taken from burn-optim because three things must hold exactly:
+//! the decay rule is per parameter *name* (matrices decay; biases, norms, positions and the CLS
+//! token do not), the update must equal `torch.optim.AdamW` op for op (fixtures/README §5), and
+//! the moments must be saved under checkpoint key names so that `--resume` restores them in a
+//! new process (burn's records key them by random `ParamId`s).
+//!
+//! Upstream: pytorch `torch/optim/adamw.py` (`_single_tensor_adamw`).
+
+use std::collections::HashMap;
+
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWSettings {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+/// The moments of one parameter, flattened.
+#[derive(Debug, Clone)]
+pub struct Moments<B: Backend> {
+    pub exp_avg: Tensor<B, 1>,
+    pub exp_avg_sq: Tensor<B, 1>,
+    /// Updates applied so far (PyTorch's per-parameter `step`).
+    pub step: u64,
+}
+
+/// Optimiser state by parameter path (kdlab module path, PyTorch naming).
+pub struct AdamW<B: Backend> {
+    pub settings: AdamWSettings,
+    pub state: HashMap<String, Moments<B>>,
+}
+
+/// The thesis' rule, minus its accidental decay of data2vec2's `extra_tokens` (REFERENCE.md):
+/// decay parameters with more than one dimension, except positions and CLS/extra tokens.
+pub fn decays(path: &str, rank: usize) -> bool {
+    let name = path.rsplit('.').next().unwrap_or(path);
+    rank > 1
+        && !path.ends_with(".bias")
+        && !matches!(
+            name,
+            "positions" | "extra_tokens" | "cls_token" | "pos_embed"
+        )
+}
+
+impl<B: Backend> AdamW<B> {
+    pub fn new(settings: AdamWSettings) -> Self {
+        Self {
+            settings,
+            state: HashMap::new(),
+        }
+    }
+
+    /// One update of every parameter that has a gradient; the others are not touched.
+    pub fn step<AB, M>(&mut self, lr: f64, module: M, mut grads: GradientsParams) -> M
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<AB>,
+    {
+        let mut mapper = Update {
+            optimizer: self,
+            grads: &mut grads,
+            lr,
+            path: Vec::new(),
+        };
+        module.map(&mut mapper)
+    }
+}
+
+struct Update<'a, B: Backend> {
+    optimizer: &'a mut AdamW<B>,
+    grads: &'a mut GradientsParams,
+    lr: f64,
+    path: Vec<String>,
+}
+
+impl<AB: AutodiffBackend> ModuleMapper<AB> for Update<'_, AB::InnerBackend> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(grad) = self.grads.remove::<AB::InnerBackend, D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let path = torch_path(&self.path);
+        let s = self.optimizer.settings;
+        let shape = tensor.shape();
+        let numel = shape.num_elements();
+        let p = tensor.inner().reshape([numel]);
+        let g = grad.reshape([numel]);
+        let moments = self
+            .optimizer
+            .state
+            .remove(&path)
+            .unwrap_or_else(|| Moments {
+                exp_avg: p.zeros_like(),
+                exp_avg_sq: p.zeros_like(),
+                step: 0,
+            });
+        let step = moments.step + 1;
+        // p ← p·(1 − lr·wd)
+        let p = if decays(&path, D) && s.weight_decay > 0.0 {
+            p.mul_scalar(1.0 - self.lr * s.weight_decay)
+        } else {
+            p
+        };
+        // m ← m + (g − m)(1 − β1)  (torch's lerp);  v ← β2·v + (1 − β2)·g²
+        let exp_avg =
+            moments.exp_avg.clone() + (g.clone() - moments.exp_avg).mul_scalar(1.0 - s.beta1);
+        let exp_avg_sq =
+            moments.exp_avg_sq.mul_scalar(s.beta2) + g.square().mul_scalar(1.0 - s.beta2);
+        let bias_correction1 = 1.0 - s.beta1.powi(step as i32);
+        let bias_correction2_sqrt = (1.0 - s.beta2.powi(step as i32)).sqrt();
+        let step_size = self.lr / bias_correction1;
+        let denom = exp_avg_sq
+            .clone()
+            .sqrt()
+            .div_scalar(bias_correction2_sqrt)
+            .add_scalar(s.eps);
+        let p = p - (exp_avg.clone() / denom).mul_scalar(step_size);
+        self.optimizer.state.insert(
+            path,
+            Moments {
+                exp_avg,
+                exp_avg_sq,
+                step,
+            },
+        );
+        let updated = Tensor::<AB, 1>::from_inner(p).reshape(shape).require_grad();
+        Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+/// burn names LayerNorm parameters `gamma`/`beta`; state is keyed by PyTorch's names.
+fn torch_path(path: &[String]) -> String {
+    let mut parts: Vec<&str> = path.iter().map(String::as_str).collect();
+    if let Some(last) = parts.last_mut() {
+        *last = match *last {
+            "gamma" => "weight",
+            "beta" => "bias",
+            other => other,
+        };
+    }
+    parts.join(".")
+}
+
+/// Scales all gradients so that their global L2 norm is at most `max_norm`, as PyTorch's
+/// `clip_grad_norm_` does (burn's own clipping is per tensor). Returns the norm before clipping.
+pub fn clip_grad_norm<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> f64 {
+    let ids = param_ids(module);
+    let mut total_sq = 0.0f64;
+    for (id, rank) in &ids {
+        total_sq += with_grad(grads, *id, *rank, |g: Tensor<AB::InnerBackend, 1>| {
+            g.square().sum().into_scalar().to_f64_lossy()
+        })
+        .unwrap_or(0.0);
+    }
+    let norm = total_sq.sqrt();
+    let scale = max_norm / (norm + 1e-6);
+    if scale < 1.0 {
+        for (id, rank) in ids {
+            scale_grad::<AB::InnerBackend>(grads, id, rank, scale);
+        }
+    }
+    norm
+}
+
+trait ToF64 {
+    fn to_f64_lossy(self) -> f64;
+}
+impl<E: burn::tensor::ElementConversion> ToF64 for E {
+    fn to_f64_lossy(self) -> f64 {
+        self.elem::<f64>()
+    }
+}
+
+fn with_grad<B: Backend, T>(
+    grads: &GradientsParams,
+    id: ParamId,
+    rank: usize,
+    f: impl FnOnce(Tensor<B, 1>) -> T,
+) -> Option<T> {
+    match rank {
+        1 => grads.get::<B, 1>(id).map(|g| f(g)),
+        2 => grads.get::<B, 2>(id).map(|g| f(g.flatten(0, 1))),
+        3 => grads.get::<B, 3>(id).map(|g| f(g.flatten(0, 2))),
+        4 => grads.get::<B, 4>(id).map(|g| f(g.flatten(0, 3))),
+        _ => None,
+    }
+}
+
+fn scale_grad<B: Backend>(grads: &mut GradientsParams, id: ParamId, rank: usize, scale: f64) {
+    match rank {
+        1 => scale_rank::<B, 1>(grads, id, scale),
+        2 => scale_rank::<B, 2>(grads, id, scale),
+        3 => scale_rank::<B, 3>(grads, id, scale),
+        4 => scale_rank::<B, 4>(grads, id, scale),
+        _ => {}
+    }
+}
+
+fn scale_rank<B: Backend, const D: usize>(grads: &mut GradientsParams, id: ParamId, scale: f64) {
+    if let Some(g) = grads.remove::<B, D>(id) {
+        grads.register(id, g.mul_scalar(scale));
+    }
+}
+
+/// Every float parameter's id and rank.
+fn param_ids<B: Backend, M: burn::module::Module<B>>(module: &M) -> Vec<(ParamId, usize)> {
+    struct Ids(Vec<(ParamId, usize)>);
+    impl<B: Backend> ModuleVisitor<B> for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.push((param.id, D));
+        }
+    }
+    let mut ids = Ids(Vec::new());
+    module.visit(&mut ids);
+    ids.0
+}

@@ -1,0 +1,539 @@
+//! The distillation loop: frozen teacher (no autodiff), student trained on the KD loss with AdamW
+//! and a warm-up cosine schedule; validation, checkpoints, resume, Ctrl-C and non-finite losses.
+//! It reports through `Event`s and never draws anything itself.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Tensor, TensorData};
+
+use super::checkpoint::{self, TrainState};
+use super::optim::{AdamW, AdamWSettings, clip_grad_norm};
+use super::run_dir::{MetricsLine, RunDir};
+use super::schedule::CosineWithWarmup;
+use super::target::{kd_loss, prepare_target};
+use crate::config::{Precision, RunConfig};
+use crate::data::loader::{LoaderSettings, Transform, epoch_order, spawn_epoch};
+use crate::data::{ImageFolder, train_transform, validation_transform};
+use crate::model::{BeitV2, Data2Vec2, Data2Vec2Config};
+use crate::weights::{Architecture, Checkpoint};
+
+/// What the loop tells its caller (the CLI's progress bar, the app's plots).
+#[derive(Debug, Clone)]
+pub enum Event {
+    Started {
+        run_dir: PathBuf,
+        total_steps: usize,
+        steps_per_epoch: usize,
+        start_step: usize,
+        train_images: usize,
+        val_images: usize,
+    },
+    Step(MetricsLine),
+    Validation {
+        step: usize,
+        epoch: usize,
+        val_loss: f64,
+    },
+    SkippedFile {
+        path: PathBuf,
+        reason: String,
+    },
+    CheckpointSaved(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    ReachedMaxSteps,
+    Interrupted,
+}
+
+pub struct TrainOptions {
+    pub max_steps: Option<usize>,
+    /// Set by Ctrl-C (or the app's Stop): save a checkpoint and return.
+    pub stop: Arc<AtomicBool>,
+    pub resume: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the loss became {loss} at step {step} (epoch {epoch}); the run stopped and the last good \
+     checkpoint is kept. Lower optim.base_lr, set optim.clip_grad_norm, or use precision f32."
+)]
+pub struct NonFiniteLoss {
+    pub step: usize,
+    pub epoch: usize,
+    pub loss: f64,
+}
+
+/// Student and teacher as the config describes them.
+pub struct Models<B: AutodiffBackend> {
+    pub teacher: BeitV2<B::InnerBackend>,
+    pub student: Data2Vec2<B>,
+    pub student_architecture: Architecture,
+}
+
+pub fn build_models<B: AutodiffBackend>(
+    config: &RunConfig,
+    resume_from: Option<&std::path::Path>,
+    device: &B::Device,
+) -> anyhow::Result<Models<B>> {
+    B::seed(device, config.seed);
+    let teacher = match &config.teacher.weights {
+        Some(path) => {
+            let checkpoint = Checkpoint::open(path)?;
+            if let (Some(stated), Architecture::BeitV2(found)) =
+                (&config.teacher.architecture, &checkpoint.architecture)
+                && stated != found
+            {
+                bail!(
+                    "teacher.architecture in the config ({stated:?}) does not match {} ({found:?})",
+                    path.display()
+                );
+            }
+            checkpoint.load_beit_v2::<B::InnerBackend>(device)?
+        }
+        None => config
+            .teacher
+            .architecture
+            .as_ref()
+            .context("teacher: no weights and no architecture")?
+            .init::<B::InnerBackend>(device),
+    };
+    let teacher = cast_float_params(teacher, config.precision);
+    let student_source = resume_from
+        .map(PathBuf::from)
+        .or_else(|| config.student.weights.clone());
+    let (student, base): (Data2Vec2<B>, Data2Vec2Config) = match &student_source {
+        Some(path) => {
+            let checkpoint = Checkpoint::open(path)?;
+            let Architecture::Data2Vec2(found) = checkpoint.architecture.clone() else {
+                bail!("{} is not a data2vec 2.0 checkpoint", path.display());
+            };
+            // A resumed student already holds only its selected blocks.
+            let selection = if resume_from.is_some() {
+                crate::model::BlockSelection::All
+            } else {
+                config.student.blocks
+            };
+            (checkpoint.load_data2vec2(selection, device)?, found)
+        }
+        None => {
+            let base = config
+                .student
+                .architecture
+                .clone()
+                .context("student: no weights and no architecture")?;
+            let keep = config
+                .student
+                .blocks
+                .main_blocks(base.prenet_depth, base.depth)
+                .map_err(|e| anyhow::anyhow!("student.blocks: {e}"))?;
+            (base.init::<B>(device).select_main_blocks(&keep), base)
+        }
+    };
+    let student_architecture = checkpoint::student_architecture(&base, &student);
+    Ok(Models {
+        teacher,
+        student,
+        student_architecture,
+    })
+}
+
+/// Casts a frozen module's weights (the teacher) to the precision's compute type.
+fn cast_float_params<B: Backend, M: Module<B>>(module: M, precision: Precision) -> M {
+    struct Cast(DType);
+    impl<B: Backend> ModuleMapper<B> for Cast {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let dtype = self.0;
+            param.map(|t| t.cast(dtype))
+        }
+    }
+    match precision {
+        Precision::F32 => module,
+        Precision::Bf16 => module.map(&mut Cast(DType::BF16)),
+        Precision::F16 => module.map(&mut Cast(DType::F16)),
+    }
+}
+
+fn compute_dtype(precision: Precision) -> DType {
+    match precision {
+        Precision::F32 => DType::F32,
+        Precision::Bf16 => DType::BF16,
+        Precision::F16 => DType::F16,
+    }
+}
+
+/// The teacher's target for a batch, in f32, outside the autodiff graph.
+pub fn teacher_target<B: Backend>(
+    teacher: &BeitV2<B>,
+    images: Tensor<B, 4>,
+    precision: Precision,
+) -> Tensor<B, 3> {
+    let images = images.cast(compute_dtype(precision));
+    prepare_target(&teacher.forward(images).layer_results)
+}
+
+/// Training data as the config describes it.
+pub struct Data {
+    pub train: Arc<ImageFolder>,
+    pub val: Option<Arc<ImageFolder>>,
+}
+
+pub fn open_data(config: &RunConfig) -> anyhow::Result<Data> {
+    let mut train = ImageFolder::scan(&config.data.train)?;
+    let val = match &config.data.val {
+        Some(path) => Some(ImageFolder::scan(path)?),
+        None => train.split_off_validation(config.data.val_fraction),
+    };
+    Ok(Data {
+        train: Arc::new(train),
+        val: val.map(Arc::new),
+    })
+}
+
+fn image_size(models_student: &Architecture) -> usize {
+    match models_student {
+        Architecture::Data2Vec2(c) => c.image_size,
+        Architecture::BeitV2(c) => c.image_size,
+    }
+}
+
+/// Runs (or resumes) the distillation in `run`.
+pub fn train<B: AutodiffBackend>(
+    config: &RunConfig,
+    run: &mut RunDir,
+    options: &TrainOptions,
+    device: &B::Device,
+    on_event: &mut dyn FnMut(Event),
+) -> anyhow::Result<Outcome> {
+    let last = run.last_checkpoint();
+    let resume_from = options.resume.then_some(last.as_path());
+    let Models {
+        teacher,
+        mut student,
+        student_architecture,
+    } = build_models::<B>(config, resume_from, device)?;
+    let size = image_size(&student_architecture);
+    let data = open_data(config)?;
+
+    let optim = &config.optim;
+    let micro_per_epoch = data.train.entries.len() * config.data.repeats / optim.batch_size;
+    let steps_per_epoch = micro_per_epoch / optim.grad_accum_steps;
+    if steps_per_epoch == 0 {
+        bail!(
+            "{} training images × {} repeats make no full global batch of {} (batch_size {} × grad_accum_steps {})",
+            data.train.entries.len(),
+            config.data.repeats,
+            optim.global_batch(),
+            optim.batch_size,
+            optim.grad_accum_steps
+        );
+    }
+    let total_steps = steps_per_epoch * optim.epochs;
+    let schedule = CosineWithWarmup {
+        peak_lr: optim.peak_lr(),
+        warmup_steps: (optim.warmup_fraction * total_steps as f64) as usize,
+        total_steps,
+    };
+    let mut optimizer = AdamW::<B::InnerBackend>::new(AdamWSettings {
+        beta1: optim.betas.0,
+        beta2: optim.betas.1,
+        eps: optim.eps,
+        weight_decay: optim.weight_decay,
+    });
+    let mut state = TrainState {
+        step: 0,
+        epoch: 0,
+        batch_in_epoch: 0,
+        best_val_loss: None,
+        optim_steps: Default::default(),
+    };
+    if let Some(path) = resume_from {
+        let (saved, moments) = checkpoint::load_training_state::<B::InnerBackend>(path, device)?;
+        state = saved;
+        optimizer.state = moments;
+        run.log(&format!(
+            "resumed from {} at step {}",
+            path.display(),
+            state.step
+        ));
+    }
+    let max_steps = options
+        .max_steps
+        .map_or(total_steps, |m| m.min(total_steps));
+    on_event(Event::Started {
+        run_dir: run.root.clone(),
+        total_steps: max_steps,
+        steps_per_epoch,
+        start_step: state.step,
+        train_images: data.train.entries.len(),
+        val_images: data.val.as_ref().map_or(0, |v| v.entries.len()),
+    });
+
+    let loader = LoaderSettings {
+        batch_size: optim.batch_size,
+        workers: config.data.workers,
+        prefetch_batches: config.data.prefetch_batches,
+        drop_last: true,
+        seed: config.seed,
+    };
+    let d = &config.data;
+    let (scale, ratio, flip) = (d.crop_scale, d.crop_ratio, d.hflip_probability);
+    let augment: Transform =
+        Arc::new(move |img, rng| train_transform(img, size as u32, scale, ratio, flip, rng));
+    let config_ron = config.to_ron();
+    let save = |path: &std::path::Path,
+                student: &Data2Vec2<B>,
+                optimizer: &AdamW<B::InnerBackend>,
+                state: &TrainState| {
+        checkpoint::save(
+            path,
+            &student.valid(),
+            &student_architecture,
+            optimizer,
+            state,
+            &config_ron,
+        )
+    };
+
+    // Unreadable files are reported once, however often the epochs meet them.
+    let mut reported = std::collections::HashSet::new();
+    let mut accumulator = GradientsAccumulator::new();
+    let mut accumulated = 0usize;
+    let mut loss_sum = 0.0f64;
+    let mut images_since_log = 0usize;
+    let mut since_log = Instant::now();
+    let mut loss_log_count = 0usize;
+    while state.step < max_steps && state.epoch < optim.epochs {
+        let order = epoch_order(
+            data.train.entries.len(),
+            d.repeats,
+            config.seed,
+            state.epoch,
+            true,
+        );
+        let batches = spawn_epoch(
+            data.train.clone(),
+            order,
+            state.batch_in_epoch,
+            state.epoch,
+            &loader,
+            augment.clone(),
+        );
+        for batch in batches {
+            for (path, reason) in batch.skipped {
+                if reported.insert(path.clone()) {
+                    run.log(&format!("skipped {}: {reason}", path.display()));
+                    on_event(Event::SkippedFile { path, reason });
+                }
+            }
+            state.batch_in_epoch = batch.index + 1;
+            if batch.len == 0 {
+                continue;
+            }
+            let images = Tensor::<B::InnerBackend, 4>::from_data(
+                TensorData::new(batch.pixels, [batch.len, 3, size, size]),
+                device,
+            );
+            let target = teacher_target(&teacher, images.clone(), config.precision);
+            let prediction =
+                prepare_target(&student.forward(Tensor::from_inner(images)).layer_results);
+            let loss = kd_loss(prediction, Tensor::from_inner(target));
+            let loss_value = loss.clone().into_scalar().elem::<f64>();
+            if !loss_value.is_finite() {
+                run.log(&format!(
+                    "non-finite loss {loss_value} at step {}",
+                    state.step
+                ));
+                return Err(NonFiniteLoss {
+                    step: state.step,
+                    epoch: state.epoch,
+                    loss: loss_value,
+                }
+                .into());
+            }
+            let grads = (loss / optim.grad_accum_steps as f64).backward();
+            accumulator.accumulate(&student, GradientsParams::from_grads(grads, &student));
+            accumulated += 1;
+            loss_sum += loss_value;
+            loss_log_count += 1;
+            images_since_log += batch.len;
+            if accumulated < optim.grad_accum_steps {
+                continue;
+            }
+            accumulated = 0;
+            let mut grads = accumulator.grads();
+            if let Some(max_norm) = optim.clip_grad_norm {
+                clip_grad_norm(&student, &mut grads, max_norm);
+            }
+            let lr = schedule.lr(state.step);
+            student = optimizer.step(lr, student, grads);
+            state.step += 1;
+
+            if state.step % config.log_every == 0 || state.step == max_steps {
+                let line = MetricsLine {
+                    step: state.step,
+                    epoch: state.epoch,
+                    loss: Some(loss_sum / loss_log_count as f64),
+                    lr: Some(lr),
+                    img_per_s: Some(
+                        images_since_log as f64 / since_log.elapsed().as_secs_f64().max(1e-9),
+                    ),
+                    val_loss: None,
+                };
+                run.metrics(&line)?;
+                on_event(Event::Step(line));
+                (loss_sum, loss_log_count, images_since_log, since_log) =
+                    (0.0, 0, 0, Instant::now());
+            }
+            if let (Some(every), Some(val)) = (config.val_every, &data.val)
+                && state.step % every == 0
+            {
+                validate_and_record(
+                    config,
+                    &teacher,
+                    &student,
+                    val,
+                    size,
+                    &mut state,
+                    run,
+                    &mut reported,
+                    on_event,
+                )?;
+            }
+            let stop = options.stop.load(Ordering::SeqCst);
+            if stop || (state.step >= max_steps && max_steps < total_steps) {
+                save(&run.last_checkpoint(), &student, &optimizer, &state)?;
+                on_event(Event::CheckpointSaved(run.last_checkpoint()));
+                return Ok(if stop {
+                    Outcome::Interrupted
+                } else {
+                    Outcome::ReachedMaxSteps
+                });
+            }
+        }
+        // End of epoch: validate, keep the best, save.
+        let improved = match &data.val {
+            Some(val) => validate_and_record(
+                config,
+                &teacher,
+                &student,
+                val,
+                size,
+                &mut state,
+                run,
+                &mut reported,
+                on_event,
+            )?,
+            None => false,
+        };
+        state.epoch += 1;
+        state.batch_in_epoch = 0;
+        save(&run.last_checkpoint(), &student, &optimizer, &state)?;
+        on_event(Event::CheckpointSaved(run.last_checkpoint()));
+        if improved {
+            std::fs::copy(run.last_checkpoint(), run.best_checkpoint())
+                .with_context(|| format!("cannot write {}", run.best_checkpoint().display()))?;
+        }
+    }
+    Ok(Outcome::Completed)
+}
+
+/// Validation loss; records it and says whether it is the best so far.
+#[allow(clippy::too_many_arguments)]
+fn validate_and_record<B: AutodiffBackend>(
+    config: &RunConfig,
+    teacher: &BeitV2<B::InnerBackend>,
+    student: &Data2Vec2<B>,
+    val: &Arc<ImageFolder>,
+    size: usize,
+    state: &mut TrainState,
+    run: &mut RunDir,
+    reported: &mut std::collections::HashSet<PathBuf>,
+    on_event: &mut dyn FnMut(Event),
+) -> anyhow::Result<bool> {
+    let (val_loss, skipped) = validation_loss(config, teacher, &student.valid(), val, size)?;
+    for (path, reason) in skipped {
+        if reported.insert(path.clone()) {
+            run.log(&format!("skipped {}: {reason}", path.display()));
+            on_event(Event::SkippedFile { path, reason });
+        }
+    }
+    let line = MetricsLine {
+        step: state.step,
+        epoch: state.epoch,
+        loss: None,
+        lr: None,
+        img_per_s: None,
+        val_loss: Some(val_loss),
+    };
+    run.metrics(&line)?;
+    run.log(&format!(
+        "step {} epoch {}: val_loss {val_loss:.6}",
+        state.step, state.epoch
+    ));
+    on_event(Event::Validation {
+        step: state.step,
+        epoch: state.epoch,
+        val_loss,
+    });
+    let improved = state.best_val_loss.is_none_or(|best| val_loss < best);
+    if improved {
+        state.best_val_loss = Some(val_loss);
+    }
+    Ok(improved)
+}
+
+/// The KD loss over a folder with the validation transform, averaged over images; also the
+/// files that could not be read.
+pub fn validation_loss<B: Backend>(
+    config: &RunConfig,
+    teacher: &BeitV2<B>,
+    student: &Data2Vec2<B>,
+    folder: &Arc<ImageFolder>,
+    size: usize,
+) -> anyhow::Result<(f64, Vec<(PathBuf, String)>)> {
+    let device = student
+        .devices()
+        .into_iter()
+        .next()
+        .context("the student has no device")?;
+    let order = epoch_order(folder.entries.len(), 1, config.seed, 0, false);
+    let settings = LoaderSettings {
+        batch_size: config.optim.batch_size,
+        workers: config.data.workers,
+        prefetch_batches: config.data.prefetch_batches,
+        drop_last: false,
+        seed: config.seed,
+    };
+    let transform: Transform = Arc::new(move |img, _| validation_transform(img, size as u32));
+    let (mut total, mut count, mut skipped) = (0.0f64, 0usize, Vec::new());
+    for batch in spawn_epoch(folder.clone(), order, 0, 0, &settings, transform) {
+        skipped.extend(batch.skipped);
+        if batch.len == 0 {
+            continue;
+        }
+        let images = Tensor::<B, 4>::from_data(
+            TensorData::new(batch.pixels, [batch.len, 3, size, size]),
+            &device,
+        );
+        let target = teacher_target(teacher, images.clone(), config.precision);
+        let prediction = prepare_target(&student.forward(images).layer_results);
+        total += kd_loss(prediction, target).into_scalar().elem::<f64>() * batch.len as f64;
+        count += batch.len;
+    }
+    if count == 0 {
+        bail!("no readable validation image in {}", folder.root.display());
+    }
+    Ok((total / count as f64, skipped))
+}
+
+use burn::tensor::ElementConversion;

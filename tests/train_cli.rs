@@ -1,0 +1,349 @@
+//! `kdlab train` and `kdlab export` run as a user runs them, on tiny random models and the sample
+//! images: reproducibility, exact resume, bad files, Ctrl-C, export, the demo config.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+fn kdlab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kdlab"))
+        .args(args)
+        .output()
+        .expect("kdlab runs")
+}
+
+fn assets() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets")
+}
+
+/// A tiny run: 6 training images × 2 repeats, batch 4 → 3 steps per epoch.
+fn tiny_config(dir: &Path, data: &Path, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"(
+    name: "tiny",
+    seed: 7,
+    teacher: (architecture: Some((image_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2,
+        mlp_hidden_dim: 64, shared_rel_pos_bias: true, norm_eps: 1e-6))),
+    student: (architecture: Some((image_size: 32, patch_size: 8, embed_dim: 32, depth: 2, prenet_depth: 1,
+        num_heads: 2, mlp_hidden_dim: 64, norm_eps: 1e-6)), blocks: All),
+    data: (train: "{}", val_fraction: 0.25, repeats: 2, workers: 2),
+    optim: (base_lr: 1e-2, batch_size: 4, epochs: 4),
+    log_every: 1,
+    {extra}
+)"#,
+        data.display()
+    );
+    let path = dir.join("tiny.ron");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run_dirs(runs: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir(runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn train(config: &Path, runs: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--no-gui",
+        "train",
+        "--backend",
+        "cpu",
+        "--config",
+        config.to_str().unwrap(),
+        "--runs-dir",
+        runs.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    let out = kdlab(&args);
+    assert!(
+        out.status.success(),
+        "train failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// metrics.jsonl without the wall-clock field.
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("img_per_s");
+            v
+        })
+        .collect()
+}
+
+fn student_weights(run: &Path) -> Vec<(String, Vec<usize>, Vec<u8>, safetensors::Dtype)> {
+    raw_tensors(&run.join("checkpoints/last.safetensors"))
+}
+
+#[test]
+fn same_seed_gives_identical_runs_and_the_loss_falls() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), &assets(), "");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    train(&config, &a, &[]);
+    train(&config, &b, &[]);
+    let (ra, rb) = (&run_dirs(&a)[0], &run_dirs(&b)[0]);
+    assert_eq!(metrics(ra), metrics(rb));
+    assert!(student_weights(ra) == student_weights(rb), "same weights");
+    for file in ["config.ron", "log.txt", "checkpoints/best.safetensors"] {
+        assert!(ra.join(file).exists(), "{file}");
+    }
+    let losses: Vec<f64> = metrics(ra)
+        .iter()
+        .filter_map(|m| m["loss"].as_f64())
+        .collect();
+    assert_eq!(losses.len(), 12, "4 epochs × 3 steps, one line each");
+    assert!(losses[11] < losses[0], "loss falls: {losses:?}");
+    let vals = metrics(ra)
+        .iter()
+        .filter(|m| m.get("val_loss").is_some())
+        .count();
+    assert_eq!(vals, 4, "validation after every epoch");
+}
+
+/// N steps + resume + M steps = N + M steps: same weights, optimiser state and metrics.
+#[test]
+fn resume_continues_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), &assets(), "");
+    let (straight, split) = (dir.path().join("straight"), dir.path().join("split"));
+    train(&config, &straight, &["--max-steps", "8"]);
+    train(&config, &split, &["--max-steps", "4"]); // stops mid-epoch (3 steps per epoch)
+    let run = run_dirs(&split)[0].clone();
+    let out = kdlab(&[
+        "train",
+        "--backend",
+        "cpu",
+        "--resume",
+        run.to_str().unwrap(),
+        "--max-steps",
+        "8",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference = run_dirs(&straight)[0].clone();
+    assert_eq!(metrics(&run), metrics(&reference));
+    assert!(
+        student_weights(&run) == student_weights(&reference),
+        "weights and moments equal"
+    );
+}
+
+#[test]
+fn bad_files_are_skipped_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for entry in std::fs::read_dir(assets()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "jpg") {
+            std::fs::copy(&p, data.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    for f in std::fs::read_dir(fixture("images")).unwrap() {
+        let p = f.unwrap().path(); // gray PNG, RGBA PNG, CMYK JPEG, RGB JPEG
+        std::fs::copy(&p, data.join(p.file_name().unwrap())).unwrap();
+    }
+    let jpeg = std::fs::read(assets().join("horse.jpg")).unwrap();
+    std::fs::write(data.join("truncated.jpg"), &jpeg[..jpeg.len() / 3]).unwrap();
+    std::fs::write(data.join("empty.jpg"), b"").unwrap();
+    std::fs::write(data.join("notes.txt"), "not an image").unwrap();
+    std::fs::write(data.join("random.png"), [7u8; 300]).unwrap();
+    let config = tiny_config(dir.path(), &data, "");
+    // The whole run (4 epochs of 6 steps) meets every file, in training or validation.
+    let out = train(&config, &dir.path().join("runs"), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    for bad in ["empty.jpg", "notes.txt", "random.png"] {
+        assert!(err.contains(bad), "{bad} not reported: {err}");
+    }
+    let log =
+        std::fs::read_to_string(run_dirs(&dir.path().join("runs"))[0].join("log.txt")).unwrap();
+    assert!(log.contains("skipped"), "{log}");
+}
+
+#[test]
+fn invalid_config_names_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.ron");
+    std::fs::write(&path, "(\n  optim: (\n    batch_size: 0,\n  ),\n)").unwrap();
+    let out = kdlab(&[
+        "train",
+        "--backend",
+        "cpu",
+        "--config",
+        path.to_str().unwrap(),
+        "--runs-dir",
+        dir.path().join("r").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("bad.ron") && err.contains("optim.batch_size"),
+        "{err}"
+    );
+    assert!(!dir.path().join("r").exists(), "nothing starts");
+    std::fs::write(&path, "(\n  optim: (\n    batch_sise: 4,\n  ),\n)").unwrap();
+    let out = kdlab(&[
+        "train",
+        "--backend",
+        "cpu",
+        "--config",
+        path.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("bad.ron:3:") && err.contains("batch_sise"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ctrl_c_saves_a_loadable_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), &assets(), "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("epochs: 4", "epochs: 1000");
+    std::fs::write(&config, text).unwrap();
+    let runs = dir.path().join("runs");
+    let child = Command::new(env!("CARGO_BIN_EXE_kdlab"))
+        .args([
+            "train",
+            "--backend",
+            "cpu",
+            "--config",
+            config.to_str().unwrap(),
+            "--runs-dir",
+            runs.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training has made progress.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let progressed = runs.exists()
+            && run_dirs(&runs)
+                .first()
+                .is_some_and(|r| metrics(r).len() >= 3);
+        if progressed {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "clean exit: {err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let last = run_dirs(&runs)[0].join("checkpoints/last.safetensors");
+    let checkpoint = kdlab::weights::Checkpoint::open(&last).unwrap();
+    assert_eq!(checkpoint.layout.name(), "kdlab");
+    checkpoint
+        .load_data2vec2::<burn::backend::Flex>(
+            kdlab::model::BlockSelection::All,
+            &Default::default(),
+        )
+        .unwrap();
+}
+
+/// The exported student has fairseq names and reproduces the checkpoint's own features.
+#[test]
+fn export_reproduces_the_checkpoint_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), &assets(), "");
+    train(&config, &dir.path().join("runs"), &["--max-steps", "2"]);
+    let run = run_dirs(&dir.path().join("runs"))[0].clone();
+    let exported = dir.path().join("student.safetensors");
+    let out = kdlab(&[
+        "export",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: Vec<String> = raw_tensors(&exported).into_iter().map(|t| t.0).collect();
+    assert!(names.contains(&"modality_encoders.IMAGE.local_encoder.proj.weight".to_string()));
+    assert!(
+        names.contains(
+            &"modality_encoders.IMAGE.context_encoder.blocks.0.attn.qkv.weight".to_string()
+        )
+    );
+    assert!(
+        names.iter().all(|n| !n.starts_with("optim.")),
+        "no optimiser state"
+    );
+    let features = |weights: &Path, out: &Path| {
+        let o = kdlab(&[
+            "features",
+            "--backend",
+            "cpu",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--image",
+            assets().join("coffee.jpg").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        read_all(out)
+    };
+    let a = features(
+        &run.join("checkpoints/last.safetensors"),
+        &dir.path().join("a.safetensors"),
+    );
+    let b = features(&exported, &dir.path().join("b.safetensors"));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, v) in &a {
+        assert_close(k, &b[k], v, 0.0);
+    }
+}
+
+#[test]
+fn demo_config_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo.ron");
+    train(&config, dir.path(), &["--max-steps", "3"]);
+    let run = run_dirs(dir.path())[0].clone();
+    assert!(
+        run.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("demo-")
+    );
+    assert!(run.join("checkpoints/last.safetensors").exists());
+    // The thesis config parses and validates too (its files need not exist to check that).
+    let thesis = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/beitv2_to_d2v2_imagenet.ron");
+    let config = kdlab::config::RunConfig::load(&thesis).unwrap();
+    assert_eq!(config.optim.peak_lr(), 5e-4);
+    assert_eq!(
+        config.student.blocks,
+        kdlab::model::BlockSelection::FirstMain(6)
+    );
+}

@@ -86,8 +86,7 @@ fn probe_cuda() -> Result<Selected, String> {
         cudarc::driver::CudaContext::new(0)
             .and_then(|ctx| ctx.name())
             .map_err(|e| e.to_string())
-    })
-    .map_err(|panic| panic)??;
+    })??;
     Ok(Selected::Cuda { ordinal: 0, name })
 }
 

@@ -198,7 +198,7 @@ fn with_grad<B: Backend, T>(
     f: impl FnOnce(Tensor<B, 1>) -> T,
 ) -> Option<T> {
     match rank {
-        1 => grads.get::<B, 1>(id).map(|g| f(g)),
+        1 => grads.get::<B, 1>(id).map(f),
         2 => grads.get::<B, 2>(id).map(|g| f(g.flatten(0, 1))),
         3 => grads.get::<B, 3>(id).map(|g| f(g.flatten(0, 2))),
         4 => grads.get::<B, 4>(id).map(|g| f(g.flatten(0, 3))),

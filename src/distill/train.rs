@@ -378,7 +378,7 @@ pub fn train<B: AutodiffBackend>(
             student = optimizer.step(lr, student, grads);
             state.step += 1;
 
-            if state.step % config.log_every == 0 || state.step == max_steps {
+            if state.step.is_multiple_of(config.log_every) || state.step == max_steps {
                 let line = MetricsLine {
                     step: state.step,
                     epoch: state.epoch,
@@ -395,7 +395,7 @@ pub fn train<B: AutodiffBackend>(
                     (0.0, 0, 0, Instant::now());
             }
             if let (Some(every), Some(val)) = (config.val_every, &data.val)
-                && state.step % every == 0
+                && state.step.is_multiple_of(every)
             {
                 validate_and_record(
                     config,

@@ -229,7 +229,7 @@ fn infer_beit(layout: Layout, raw: &RawWeights) -> Result<BeitV2Config, String> 
 }
 
 fn check_heads(embed_dim: usize, num_heads: usize) -> Result<(), String> {
-    if num_heads == 0 || embed_dim % num_heads != 0 {
+    if num_heads == 0 || !embed_dim.is_multiple_of(num_heads) {
         Err(format!(
             "width {embed_dim} does not split into {num_heads} heads"
         ))

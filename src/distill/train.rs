@@ -2,6 +2,7 @@
 //! and a warm-up cosine schedule; validation, checkpoints, resume, Ctrl-C and non-finite losses.
 //! It reports through `Event`s and never draws anything itself.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -305,7 +306,13 @@ pub fn train<B: AutodiffBackend>(
     };
 
     // Unreadable files are reported once, however often the epochs meet them.
-    let mut reported = std::collections::HashSet::new();
+    let mut reported = HashSet::new();
+    let validation = Validation {
+        config,
+        teacher: &teacher,
+        folder: data.val.as_ref(),
+        size,
+    };
     let mut accumulator = GradientsAccumulator::new();
     let mut accumulated = 0usize;
     let mut loss_sum = 0.0f64;
@@ -329,12 +336,7 @@ pub fn train<B: AutodiffBackend>(
             augment.clone(),
         );
         for batch in batches {
-            for (path, reason) in batch.skipped {
-                if reported.insert(path.clone()) {
-                    run.log(&format!("skipped {}: {reason}", path.display()));
-                    on_event(Event::SkippedFile { path, reason });
-                }
-            }
+            report_skipped(batch.skipped, &mut reported, run, on_event);
             state.batch_in_epoch = batch.index + 1;
             if batch.len == 0 {
                 continue;
@@ -394,20 +396,11 @@ pub fn train<B: AutodiffBackend>(
                 (loss_sum, loss_log_count, images_since_log, since_log) =
                     (0.0, 0, 0, Instant::now());
             }
-            if let (Some(every), Some(val)) = (config.val_every, &data.val)
-                && state.step.is_multiple_of(every)
+            if config
+                .val_every
+                .is_some_and(|every| state.step.is_multiple_of(every))
             {
-                validate_and_record(
-                    config,
-                    &teacher,
-                    &student,
-                    val,
-                    size,
-                    &mut state,
-                    run,
-                    &mut reported,
-                    on_event,
-                )?;
+                validation.run(&student, &mut state, run, &mut reported, on_event)?;
             }
             let stop = options.stop.load(Ordering::SeqCst);
             if stop || (state.step >= max_steps && max_steps < total_steps) {
@@ -421,20 +414,7 @@ pub fn train<B: AutodiffBackend>(
             }
         }
         // End of epoch: validate, keep the best, save.
-        let improved = match &data.val {
-            Some(val) => validate_and_record(
-                config,
-                &teacher,
-                &student,
-                val,
-                size,
-                &mut state,
-                run,
-                &mut reported,
-                on_event,
-            )?,
-            None => false,
-        };
+        let improved = validation.run(&student, &mut state, run, &mut reported, on_event)?;
         state.epoch += 1;
         state.batch_in_epoch = 0;
         save(&run.last_checkpoint(), &student, &optimizer, &state)?;
@@ -447,49 +427,74 @@ pub fn train<B: AutodiffBackend>(
     Ok(Outcome::Completed)
 }
 
-/// Validation loss; records it and says whether it is the best so far.
-#[allow(clippy::too_many_arguments)]
-fn validate_and_record<B: AutodiffBackend>(
-    config: &RunConfig,
-    teacher: &BeitV2<B::InnerBackend>,
-    student: &Data2Vec2<B>,
-    val: &Arc<ImageFolder>,
-    size: usize,
-    state: &mut TrainState,
+/// Logs and announces files that could not be read, once each.
+fn report_skipped(
+    skipped: Vec<(PathBuf, String)>,
+    reported: &mut HashSet<PathBuf>,
     run: &mut RunDir,
-    reported: &mut std::collections::HashSet<PathBuf>,
     on_event: &mut dyn FnMut(Event),
-) -> anyhow::Result<bool> {
-    let (val_loss, skipped) = validation_loss(config, teacher, &student.valid(), val, size)?;
+) {
     for (path, reason) in skipped {
         if reported.insert(path.clone()) {
             run.log(&format!("skipped {}: {reason}", path.display()));
             on_event(Event::SkippedFile { path, reason });
         }
     }
-    let line = MetricsLine {
-        step: state.step,
-        epoch: state.epoch,
-        loss: None,
-        lr: None,
-        img_per_s: None,
-        val_loss: Some(val_loss),
-    };
-    run.metrics(&line)?;
-    run.log(&format!(
-        "step {} epoch {}: val_loss {val_loss:.6}",
-        state.step, state.epoch
-    ));
-    on_event(Event::Validation {
-        step: state.step,
-        epoch: state.epoch,
-        val_loss,
-    });
-    let improved = state.best_val_loss.is_none_or(|best| val_loss < best);
-    if improved {
-        state.best_val_loss = Some(val_loss);
+}
+
+/// What a validation pass needs besides the student.
+struct Validation<'a, B: Backend> {
+    config: &'a RunConfig,
+    teacher: &'a BeitV2<B>,
+    folder: Option<&'a Arc<ImageFolder>>,
+    size: usize,
+}
+
+impl<B: Backend> Validation<'_, B> {
+    /// Validation loss, recorded; says whether it is the best so far (false without a folder).
+    fn run<AB: AutodiffBackend<InnerBackend = B>>(
+        &self,
+        student: &Data2Vec2<AB>,
+        state: &mut TrainState,
+        run: &mut RunDir,
+        reported: &mut HashSet<PathBuf>,
+        on_event: &mut dyn FnMut(Event),
+    ) -> anyhow::Result<bool> {
+        let Some(folder) = self.folder else {
+            return Ok(false);
+        };
+        let (val_loss, skipped) = validation_loss(
+            self.config,
+            self.teacher,
+            &student.valid(),
+            folder,
+            self.size,
+        )?;
+        report_skipped(skipped, reported, run, on_event);
+        let line = MetricsLine {
+            step: state.step,
+            epoch: state.epoch,
+            loss: None,
+            lr: None,
+            img_per_s: None,
+            val_loss: Some(val_loss),
+        };
+        run.metrics(&line)?;
+        run.log(&format!(
+            "step {} epoch {}: val_loss {val_loss:.6}",
+            state.step, state.epoch
+        ));
+        on_event(Event::Validation {
+            step: state.step,
+            epoch: state.epoch,
+            val_loss,
+        });
+        let improved = state.best_val_loss.is_none_or(|best| val_loss < best);
+        if improved {
+            state.best_val_loss = Some(val_loss);
+        }
+        Ok(improved)
     }
-    Ok(improved)
 }
 
 /// The KD loss over a folder with the validation transform, averaged over images; also the

@@ -347,3 +347,37 @@ fn demo_config_runs() {
         kdlab::model::BlockSelection::FirstMain(6)
     );
 }
+
+/// batch 2 × 2 accumulation steps = batch 4: same samples, same averaged gradient, same weights
+/// (up to float summation order).
+#[test]
+fn gradient_accumulation_equals_the_larger_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = tiny_config(dir.path(), &assets(), "");
+    let split_text = std::fs::read_to_string(&whole)
+        .unwrap()
+        .replace("batch_size: 4,", "batch_size: 2, grad_accum_steps: 2,");
+    let split = dir.path().join("split.ron");
+    std::fs::write(&split, split_text).unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    train(&whole, &a, &["--max-steps", "3"]);
+    train(&split, &b, &["--max-steps", "3"]);
+    let (wa, wb) = (
+        student_weights(&run_dirs(&a)[0]),
+        student_weights(&run_dirs(&b)[0]),
+    );
+    assert_eq!(wa.len(), wb.len());
+    for ((name, shape, bytes_a, _), (_, _, bytes_b, _)) in wa.iter().zip(&wb) {
+        let x = burn::tensor::TensorData::from_bytes_vec(
+            bytes_a.clone(),
+            shape.clone(),
+            burn::tensor::DType::F32,
+        );
+        let y = burn::tensor::TensorData::from_bytes_vec(
+            bytes_b.clone(),
+            shape.clone(),
+            burn::tensor::DType::F32,
+        );
+        assert_close(name, &y, &x, 1e-4);
+    }
+}

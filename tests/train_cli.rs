@@ -50,19 +50,19 @@ fn run_dirs(runs: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// `kdlab train` on the CPU with this config, writing runs under `runs`.
+fn train_command(config: &Path, runs: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kdlab"));
+    command.args(["--no-gui", "train", "--backend", "cpu", "--config"]);
+    command.arg(config).arg("--runs-dir").arg(runs);
+    command
+}
+
 fn train(config: &Path, runs: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "--no-gui",
-        "train",
-        "--backend",
-        "cpu",
-        "--config",
-        config.to_str().unwrap(),
-        "--runs-dir",
-        runs.to_str().unwrap(),
-    ];
-    args.extend(extra);
-    let out = kdlab(&args);
+    let out = train_command(config, runs)
+        .args(extra)
+        .output()
+        .expect("kdlab runs");
     assert!(
         out.status.success(),
         "train failed: {}",
@@ -221,16 +221,7 @@ fn ctrl_c_saves_a_loadable_checkpoint() {
         .replace("epochs: 4", "epochs: 1000");
     std::fs::write(&config, text).unwrap();
     let runs = dir.path().join("runs");
-    let child = Command::new(env!("CARGO_BIN_EXE_kdlab"))
-        .args([
-            "train",
-            "--backend",
-            "cpu",
-            "--config",
-            config.to_str().unwrap(),
-            "--runs-dir",
-            runs.to_str().unwrap(),
-        ])
+    let child = train_command(&config, &runs)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

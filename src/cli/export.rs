@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use anyhow::bail;
 use burn::backend::Flex;
 
-use crate::distill::checkpoint::{kdlab_metadata, student_tensors, write_tensors};
+use crate::distill::checkpoint::{kdlab_metadata, student_tensors};
 use crate::model::BlockSelection;
+use crate::weights::write::write_f32_tensors;
 use crate::weights::{Architecture, Checkpoint};
 
 #[derive(Debug, clap::Args)]
@@ -34,10 +35,10 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     // Loading validates every key and shape before anything is written.
     let student = checkpoint.load_data2vec2::<Flex>(BlockSelection::All, &Default::default())?;
     let tensors = student_tensors(&student);
-    write_tensors(
+    write_f32_tensors(
         &args.out,
         &tensors,
-        kdlab_metadata(&checkpoint.architecture),
+        Some(kdlab_metadata(&checkpoint.architecture)),
     )?;
     eprintln!(
         "kdlab: wrote {} student tensors to {}",

@@ -62,7 +62,7 @@ pub fn run(args: FeaturesArgs, backend: Selected) -> anyhow::Result<ExitCode> {
         selection,
         images,
     })?;
-    crate::cli::tensor_file::write_f32(&args.out, &outputs)
+    crate::weights::write::write_f32_tensors(&args.out, &outputs, None)
         .with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!(
         "kdlab: wrote {} tensors to {}",

@@ -6,7 +6,6 @@ mod inspect;
 pub mod tensor_file;
 mod train;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -63,16 +62,4 @@ fn select_backend(choice: BackendChoice) -> anyhow::Result<Selected> {
     let selected = choice.select()?;
     eprintln!("kdlab: backend {selected}");
     Ok(selected)
-}
-
-/// Writes next to `path` and renames, so a reader never sees a half-written file.
-pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let tmp: PathBuf = {
-        let mut name = path.file_name().unwrap_or_default().to_os_string();
-        name.push(".tmp");
-        path.with_file_name(name)
-    };
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -1,4 +1,4 @@
-//! Small safetensors helpers for command inputs and outputs (f32 tensors by name).
+//! Reading a command's input tensor from a safetensors file.
 
 use std::path::Path;
 
@@ -31,21 +31,4 @@ pub fn read_f32(path: &Path, name: &str) -> anyhow::Result<TensorData> {
         TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), dtype)
             .convert_dtype(DType::F32),
     )
-}
-
-/// Writes f32 tensors by name.
-pub fn write_f32(path: &Path, tensors: &[(String, TensorData)]) -> anyhow::Result<()> {
-    let views = tensors
-        .iter()
-        .map(|(name, data)| {
-            let view = safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                data.shape.to_vec(),
-                data.as_bytes(),
-            )?;
-            Ok((name.clone(), view))
-        })
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    let bytes = safetensors::serialize(views, None)?;
-    super::write_atomically(path, &bytes)
 }

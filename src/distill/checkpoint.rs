@@ -16,8 +16,9 @@ use super::optim::{AdamW, Moments};
 use crate::model::Data2Vec2;
 use crate::weights::Architecture;
 use crate::weights::layout::{
-    KDLAB_ARCHITECTURE_KEY, KDLAB_FORMAT, KDLAB_FORMAT_KEY, fairseq_name,
+    KDLAB_ARCHITECTURE_KEY, KDLAB_FORMAT, KDLAB_FORMAT_KEY, fairseq_name, kdlab_path_of_fairseq,
 };
+use crate::weights::write::write_f32_tensors;
 
 pub const TRAIN_STATE_KEY: &str = "kdlab.train_state";
 pub const CONFIG_KEY: &str = "kdlab.config";
@@ -59,26 +60,6 @@ pub fn student_architecture<B: Backend>(
     Architecture::Data2Vec2(config)
 }
 
-pub fn write_tensors(
-    path: &Path,
-    tensors: &[(String, TensorData)],
-    metadata: HashMap<String, String>,
-) -> anyhow::Result<()> {
-    let views = tensors
-        .iter()
-        .map(|(name, data)| {
-            safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                data.shape.to_vec(),
-                data.as_bytes(),
-            )
-            .map(|v| (name.clone(), v))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let bytes = safetensors::serialize(views, Some(metadata))?;
-    crate::cli::write_atomically(path, &bytes)
-}
-
 pub fn kdlab_metadata(architecture: &Architecture) -> HashMap<String, String> {
     HashMap::from([
         (KDLAB_FORMAT_KEY.to_string(), KDLAB_FORMAT.to_string()),
@@ -110,7 +91,7 @@ pub fn save<B: Backend>(
     let mut metadata = kdlab_metadata(architecture);
     metadata.insert(TRAIN_STATE_KEY.into(), serde_json::to_string(&state)?);
     metadata.insert(CONFIG_KEY.into(), config_ron.to_string());
-    write_tensors(path, &tensors, metadata)
+    write_f32_tensors(path, &tensors, Some(metadata))
 }
 
 /// The training state and the optimiser moments of a checkpoint (its student loads through
@@ -147,7 +128,7 @@ pub fn load_training_state<B: Backend>(
     };
     let mut moments = HashMap::new();
     for (key, step) in &state.optim_steps {
-        let path_in_model = kdlab_path(key);
+        let path_in_model = kdlab_path_of_fairseq(key).unwrap_or_else(|| key.clone());
         moments.insert(
             path_in_model,
             Moments {
@@ -158,16 +139,4 @@ pub fn load_training_state<B: Backend>(
         );
     }
     Ok((state, moments))
-}
-
-/// fairseq key → kdlab path (the inverse of `fairseq_name`).
-fn kdlab_path(key: &str) -> String {
-    match crate::weights::layout::key_target(
-        crate::weights::Layout::Data2Vec2Fairseq,
-        &Architecture::Data2Vec2(crate::model::Data2Vec2Config::vit_base_patch16_224()),
-        key,
-    ) {
-        crate::weights::KeyTarget::Param(p) => p,
-        crate::weights::KeyTarget::Ignored => key.to_string(),
-    }
 }

@@ -127,10 +127,14 @@ const FAIRSEQ_PREFIXES: [(&str, &str); 6] = [
 
 fn fairseq_key(key: &str) -> KeyTarget {
     // Everything else (the pretraining decoder, the nested `_ema` teacher, …) is unused.
+    kdlab_path_of_fairseq(key).map_or(KeyTarget::Ignored, KeyTarget::Param)
+}
+
+/// A fairseq key's kdlab path, if the key belongs to the image encoder.
+pub fn kdlab_path_of_fairseq(key: &str) -> Option<String> {
     FAIRSEQ_PREFIXES
         .iter()
         .find_map(|(from, to)| key.strip_prefix(from).map(|rest| format!("{to}{rest}")))
-        .map_or(KeyTarget::Ignored, KeyTarget::Param)
 }
 
 /// The inverse of the fairseq table: kdlab's path → the fairseq key (used by export).

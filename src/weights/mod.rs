@@ -4,6 +4,7 @@
 pub mod expected;
 pub mod layout;
 pub mod read;
+pub mod write;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -144,3 +144,18 @@ impl Selected {
         }
     }
 }
+
+/// Every device kdlab could use here, one line each, for the app's backend picker.
+pub fn detect_devices() -> Vec<String> {
+    let mut found = Vec::new();
+    match probe_cuda() {
+        Ok(cuda) => found.push(cuda.to_string()),
+        Err(reason) => found.push(format!("cuda: none ({reason})")),
+    }
+    match probe_wgpu() {
+        Some(wgpu) => found.push(wgpu.to_string()),
+        None => found.push("wgpu: no adapter".into()),
+    }
+    found.push(Selected::Cpu.to_string());
+    found
+}

@@ -24,6 +24,8 @@ pub struct RunConfig {
     pub log_every: usize,
     /// Also compute the validation loss every N steps (it always runs after each epoch).
     pub val_every: Option<usize>,
+    /// The images whose per-patch maps are saved after every epoch (the app's timeline).
+    pub probe: ProbeConfig,
 }
 
 impl Default for RunConfig {
@@ -38,6 +40,27 @@ impl Default for RunConfig {
             precision: Precision::F32,
             log_every: 10,
             val_every: None,
+            probe: ProbeConfig::default(),
+        }
+    }
+}
+
+/// A fixed set of images followed through training: after each epoch their per-patch maps are
+/// written to the run's `heatmaps/epoch-NNN/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Image files; empty = the first `count` validation images (training images without any).
+    pub images: Vec<PathBuf>,
+    /// How many images to take when `images` is empty; 0 turns the heatmaps off.
+    pub count: usize,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            images: Vec::new(),
+            count: 4,
         }
     }
 }
@@ -239,6 +262,7 @@ impl RunConfig {
         self.data.val.iter_mut().for_each(resolve);
         self.teacher.weights.iter_mut().for_each(resolve);
         self.student.weights.iter_mut().for_each(resolve);
+        self.probe.images.iter_mut().for_each(resolve);
     }
 
     /// The first problem found, as (field, message).
@@ -322,6 +346,26 @@ impl RunConfig {
                 "give `weights` or an `architecture` for a random student".into(),
             ));
         }
+        if let Some(t) = &self.teacher.architecture {
+            check_shape(
+                "teacher.architecture",
+                t.image_size,
+                t.patch_size,
+                t.embed_dim,
+                t.num_heads,
+            )?;
+            positive("teacher.architecture", t.depth.min(t.mlp_hidden_dim))?;
+        }
+        if let Some(s) = &self.student.architecture {
+            check_shape(
+                "student.architecture",
+                s.image_size,
+                s.patch_size,
+                s.embed_dim,
+                s.num_heads,
+            )?;
+            positive("student.architecture", s.mlp_hidden_dim)?;
+        }
         if let (Some(t), Some(s)) = (&self.teacher.architecture, &self.student.architecture)
             && (t.image_size, t.patch_size) != (s.image_size, s.patch_size)
         {
@@ -339,6 +383,31 @@ impl RunConfig {
     pub fn to_ron(&self) -> String {
         ron::ser::to_string_pretty(self, ron::ser::PrettyConfig::default()).unwrap_or_default()
     }
+}
+
+/// A ViT's geometry: whole patches, whole heads, nothing zero.
+fn check_shape(
+    field: &'static str,
+    image_size: usize,
+    patch_size: usize,
+    embed_dim: usize,
+    num_heads: usize,
+) -> Result<(), (&'static str, String)> {
+    if image_size == 0 || patch_size == 0 || !image_size.is_multiple_of(patch_size) {
+        return Err((
+            field,
+            format!(
+                "image_size {image_size} must be a positive multiple of patch_size {patch_size}"
+            ),
+        ));
+    }
+    if num_heads == 0 || embed_dim == 0 || !embed_dim.is_multiple_of(num_heads) {
+        return Err((
+            field,
+            format!("embed_dim {embed_dim} must be a positive multiple of num_heads {num_heads}"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,10 +2,12 @@
 //! teacher into a shallow data2vec 2.0 student — with a view of where, per patch, the student
 //! matches the teacher.
 
+pub mod app;
 pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod data;
 pub mod distill;
+pub mod inspect;
 pub mod model;
 pub mod weights;

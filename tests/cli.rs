@@ -35,12 +35,26 @@ fn inspect_json(file: &Path) -> serde_json::Value {
 }
 
 #[test]
-fn no_command_prints_help() {
-    let out = kdlab(&[]);
+fn no_command_headless_prints_help() {
+    let out = kdlab(&["--no-gui"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
+    for command in ["train", "features", "inspect", "heatmap", "export"] {
+        assert!(text.contains(command), "{command} missing from {text}");
+    }
+}
+
+#[test]
+fn the_app_without_a_display_says_so_and_points_to_no_gui() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kdlab"))
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = stderr(&out);
     assert!(
-        text.contains("features") && text.contains("inspect"),
+        text.contains("--no-gui") && !text.contains("panicked"),
         "{text}"
     );
 }

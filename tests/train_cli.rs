@@ -372,3 +372,116 @@ fn gradient_accumulation_equals_the_larger_batch() {
         assert_close(name, &y, &x, 1e-4);
     }
 }
+
+/// The per-epoch probe maps and `kdlab heatmap` agree with each other and with the KD loss: on
+/// the run's final checkpoint, the mean over images of each image's token-mean squared error is
+/// the validation loss the run logged (same teacher rebuilt from the seed, same student).
+#[test]
+fn heatmap_command_matches_the_probe_maps_and_the_validation_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), &assets(), "");
+    train(&config, &dir.path().join("runs"), &[]);
+    let run = run_dirs(&dir.path().join("runs"))[0].clone();
+    let epochs: Vec<String> = std::fs::read_dir(run.join("heatmaps"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        epochs.len(),
+        5,
+        "epoch-000 (before training) to epoch-004: {epochs:?}"
+    );
+    let last_epoch = run.join("heatmaps/epoch-004");
+    let mut probes: Vec<PathBuf> = std::fs::read_dir(&last_epoch)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    probes.sort();
+    assert_eq!(probes.len(), 2, "the 2 validation images are the probe set");
+    let record = |path: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let images: Vec<String> = probes
+        .iter()
+        .map(|p| record(p)["image"].as_str().unwrap().to_string())
+        .collect();
+
+    let out = dir.path().join("maps");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kdlab"));
+    command.args(["--no-gui", "heatmap", "--backend", "cpu", "--config"]);
+    command
+        .arg(&config)
+        .arg("--checkpoint")
+        .arg(&run)
+        .arg("--out")
+        .arg(&out);
+    command.arg("--image").args(&images);
+    let result = command.output().unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+
+    let mut token_means = Vec::new();
+    for (i, probe) in probes.iter().enumerate() {
+        let stem = probe.file_stem().unwrap().to_str().unwrap();
+        for suffix in ["cosine.png", "squared_error.png", "pca.png", "csv", "json"] {
+            assert!(
+                out.join(format!("{stem}.{suffix}")).exists(),
+                "{stem}.{suffix}"
+            );
+        }
+        let written = record(&out.join(format!("{stem}.json")));
+        let saved = record(probe);
+        assert_eq!(written["grid"], 4);
+        let grid = |v: &serde_json::Value, key: &str| -> Vec<f64> {
+            v[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+                .collect()
+        };
+        for key in ["cosine", "squared_error"] {
+            for (a, b) in grid(&written, key).iter().zip(grid(&saved, key)) {
+                assert!(
+                    (a - b).abs() < 1e-5,
+                    "{key}: heatmap {a} vs probe {b} ({i})"
+                );
+            }
+        }
+        let errors = grid(&written, "squared_error");
+        let cls = written["cls"]["squared_error"].as_f64().unwrap();
+        token_means.push((cls + errors.iter().sum::<f64>()) / (1 + errors.len()) as f64);
+        let csv = std::fs::read_to_string(out.join(format!("{stem}.csv"))).unwrap();
+        assert_eq!(csv.lines().count(), 1 + 1 + 16, "header, CLS, 16 patches");
+    }
+    let val_loss = metrics(&run)
+        .iter()
+        .rev()
+        .find_map(|m| m["val_loss"].as_f64())
+        .unwrap();
+    let mean = token_means.iter().sum::<f64>() / token_means.len() as f64;
+    assert!(
+        (mean - val_loss).abs() < 1e-4 * val_loss.max(1.0),
+        "maps {mean} vs val_loss {val_loss}"
+    );
+
+    // An unreadable image is an error naming it, before anything is written.
+    let bad = dir.path().join("not-an-image.jpg");
+    std::fs::write(&bad, "text").unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kdlab"));
+    command.args(["--no-gui", "heatmap", "--backend", "cpu", "--config"]);
+    command
+        .arg(&config)
+        .arg("--out")
+        .arg(dir.path().join("none"))
+        .arg("--image")
+        .arg(&bad);
+    let result = command.output().unwrap();
+    assert!(!result.status.success());
+    assert!(String::from_utf8_lossy(&result.stderr).contains("not-an-image.jpg"));
+    assert!(!dir.path().join("none").exists());
+}

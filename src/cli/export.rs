@@ -7,6 +7,7 @@ use anyhow::bail;
 use burn::backend::Flex;
 
 use crate::distill::checkpoint::{kdlab_metadata, student_tensors};
+use crate::distill::run_dir::checkpoint_in;
 use crate::model::BlockSelection;
 use crate::weights::write::write_f32_tensors;
 use crate::weights::{Architecture, Checkpoint};
@@ -23,11 +24,7 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let path = if args.checkpoint.is_dir() {
-        args.checkpoint.join("checkpoints/last.safetensors")
-    } else {
-        args.checkpoint.clone()
-    };
+    let path = checkpoint_in(&args.checkpoint);
     let checkpoint = Checkpoint::open(&path)?;
     let Architecture::Data2Vec2(_) = &checkpoint.architecture else {
         bail!("{} holds a BEiT v2 model, not a student", path.display());

@@ -2,6 +2,7 @@
 
 mod export;
 mod features;
+mod heatmap;
 mod inspect;
 pub mod tensor_file;
 mod train;
@@ -31,6 +32,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Open the desktop app (what `kdlab` with no command does), optionally with a config, a
+    /// panel and the run already started.
+    App(crate::app::AppArgs),
     /// Distil the teacher into the student as a config describes; writes a run directory.
     Train(train::TrainArgs),
     /// Run one model on a batch and write every layer result, the final hidden state and the
@@ -38,6 +42,8 @@ pub enum Command {
     Features(features::FeaturesArgs),
     /// Say which layout a weights file is, the architecture it holds and how its keys load.
     Inspect(inspect::InspectArgs),
+    /// Write the per-patch similarity and error maps and PCA views of images, with their values.
+    Heatmap(heatmap::HeatmapArgs),
     /// Write a run's student in data2vec 2.0 (fairseq) key names.
     Export(export::ExportArgs),
 }
@@ -45,15 +51,24 @@ pub enum Command {
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        None => {
+        None if cli.no_gui => {
             Cli::command().print_help()?;
             println!();
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            crate::app::run_app(crate::app::AppArgs::default(), cli.backend)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::App(args)) => {
+            crate::app::run_app(args, cli.backend)?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Features(args)) => features::run(args, select_backend(cli.backend)?),
         Some(Command::Inspect(args)) => inspect::run(args),
         Some(Command::Train(args)) => train::run(args, select_backend(cli.backend)?),
         Some(Command::Export(args)) => export::run(args),
+        Some(Command::Heatmap(args)) => heatmap::run(args, select_backend(cli.backend)?),
     }
 }
 

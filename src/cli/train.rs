@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::backend::{OnAutodiffBackend, Selected};
 use crate::config::RunConfig;
 use crate::distill::run_dir::RunDir;
-use crate::distill::train::{Event, Outcome, TrainOptions, train};
+use crate::distill::train::{Event, Outcome, TrainOptions, explain_device_panic, train};
 use crate::weights::read::quietly_catch;
 
 #[derive(Debug, clap::Args)]
@@ -59,6 +59,7 @@ pub fn run(args: TrainArgs, backend: Selected) -> anyhow::Result<ExitCode> {
     let options = TrainOptions {
         max_steps: args.max_steps,
         stop,
+        pause: Arc::default(),
         resume: args.resume.is_some(),
     };
     let batch_size = config.optim.batch_size;
@@ -69,7 +70,7 @@ pub fn run(args: TrainArgs, backend: Selected) -> anyhow::Result<ExitCode> {
             options: &options,
         })
     })
-    .map_err(|panic| explain_panic(&panic, batch_size))??;
+    .map_err(|panic| explain_device_panic(&panic, batch_size))??;
     let message = match outcome {
         Outcome::Completed => "finished",
         Outcome::ReachedMaxSteps => "stopped at --max-steps",
@@ -80,20 +81,6 @@ pub fn run(args: TrainArgs, backend: Selected) -> anyhow::Result<ExitCode> {
         run.last_checkpoint().display()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// Device failures surface as panics inside burn; out of memory gets an actionable message.
-fn explain_panic(panic: &str, batch_size: usize) -> anyhow::Error {
-    let lower = panic.to_lowercase();
-    if lower.contains("out of memory") || lower.contains("outofmemory") || lower.contains("alloc") {
-        anyhow::anyhow!(
-            "the device ran out of memory with optim.batch_size {batch_size}; try batch_size {} \
-             with optim.grad_accum_steps doubled (same global batch) ({panic})",
-            (batch_size / 2).max(1)
-        )
-    } else {
-        anyhow::anyhow!("the compute backend failed: {panic}")
-    }
 }
 
 struct Train<'a> {
@@ -156,7 +143,7 @@ impl OnAutodiffBackend for Train<'_> {
                     path.display()
                 ));
             }
-            Event::CheckpointSaved(_) => {}
+            Event::CheckpointSaved(_) | Event::Heatmaps { .. } => {}
         };
         let outcome = train::<B>(self.config, self.run, self.options, &device, &mut on_event);
         bar.finish_and_clear();

@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod optim;
+pub mod probe;
 pub mod run_dir;
 pub mod schedule;
 pub mod target;

@@ -81,6 +81,15 @@ impl RunDir {
 }
 
 /// `YYYYMMDD-HHMMSS` in UTC, from the system clock (civil-from-days, H. Hinnant).
+/// A checkpoint file as given, or a run directory's `checkpoints/last.safetensors`.
+pub fn checkpoint_in(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join("checkpoints/last.safetensors")
+    } else {
+        path.to_path_buf()
+    }
+}
+
 pub fn utc_timestamp() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

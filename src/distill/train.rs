@@ -16,12 +16,14 @@ use burn::tensor::{DType, Tensor, TensorData};
 
 use super::checkpoint::{self, TrainState};
 use super::optim::{AdamW, AdamWSettings, clip_grad_norm};
+use super::probe::{ProbeSet, epoch_dir, probe_paths};
 use super::run_dir::{MetricsLine, RunDir};
 use super::schedule::CosineWithWarmup;
 use super::target::{kd_loss, prepare_target};
 use crate::config::{Precision, RunConfig};
 use crate::data::loader::{LoaderSettings, Transform, epoch_order, spawn_epoch};
 use crate::data::{ImageFolder, train_transform, validation_transform};
+use crate::inspect::Provenance;
 use crate::model::{BeitV2, Data2Vec2, Data2Vec2Config};
 use crate::weights::{Architecture, Checkpoint};
 
@@ -47,6 +49,11 @@ pub enum Event {
         reason: String,
     },
     CheckpointSaved(PathBuf),
+    /// The probe set's maps for the student after `epoch` epochs are in `dir`.
+    Heatmaps {
+        epoch: usize,
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +67,8 @@ pub struct TrainOptions {
     pub max_steps: Option<usize>,
     /// Set by Ctrl-C (or the app's Stop): save a checkpoint and return.
     pub stop: Arc<AtomicBool>,
+    /// While set (the app's Pause), the loop waits between batches.
+    pub pause: Arc<AtomicBool>,
     pub resume: bool,
 }
 
@@ -86,7 +95,23 @@ pub fn build_models<B: AutodiffBackend>(
     resume_from: Option<&std::path::Path>,
     device: &B::Device,
 ) -> anyhow::Result<Models<B>> {
+    // Seeded once, teacher first: a random (demo) teacher is the same in every command that
+    // builds the models from this config on this backend.
     B::seed(device, config.seed);
+    let teacher = build_teacher::<B::InnerBackend>(config, device)?;
+    let (student, student_architecture) = build_student::<B>(config, resume_from, device)?;
+    Ok(Models {
+        teacher,
+        student,
+        student_architecture,
+    })
+}
+
+/// The frozen teacher, in the precision's compute type. Call after seeding the backend.
+pub fn build_teacher<B: Backend>(
+    config: &RunConfig,
+    device: &B::Device,
+) -> anyhow::Result<BeitV2<B>> {
     let teacher = match &config.teacher.weights {
         Some(path) => {
             let checkpoint = Checkpoint::open(path)?;
@@ -99,32 +124,41 @@ pub fn build_models<B: AutodiffBackend>(
                     path.display()
                 );
             }
-            checkpoint.load_beit_v2::<B::InnerBackend>(device)?
+            checkpoint.load_beit_v2::<B>(device)?
         }
         None => config
             .teacher
             .architecture
             .as_ref()
             .context("teacher: no weights and no architecture")?
-            .init::<B::InnerBackend>(device),
+            .init::<B>(device),
     };
-    let teacher = cast_float_params(teacher, config.precision);
-    let student_source = resume_from
+    Ok(cast_float_params(teacher, config.precision))
+}
+
+/// The student from `checkpoint` (a run checkpoint: all its blocks), else as the config
+/// describes it (pretrained weights cut to `student.blocks`, or a random init).
+pub fn build_student<B: Backend>(
+    config: &RunConfig,
+    checkpoint: Option<&std::path::Path>,
+    device: &B::Device,
+) -> anyhow::Result<(Data2Vec2<B>, Architecture)> {
+    let source = checkpoint
         .map(PathBuf::from)
         .or_else(|| config.student.weights.clone());
-    let (student, base): (Data2Vec2<B>, Data2Vec2Config) = match &student_source {
+    let (student, base): (Data2Vec2<B>, Data2Vec2Config) = match &source {
         Some(path) => {
-            let checkpoint = Checkpoint::open(path)?;
-            let Architecture::Data2Vec2(found) = checkpoint.architecture.clone() else {
+            let file = Checkpoint::open(path)?;
+            let Architecture::Data2Vec2(found) = file.architecture.clone() else {
                 bail!("{} is not a data2vec 2.0 checkpoint", path.display());
             };
-            // A resumed student already holds only its selected blocks.
-            let selection = if resume_from.is_some() {
+            // A run checkpoint already holds only its selected blocks.
+            let selection = if checkpoint.is_some() {
                 crate::model::BlockSelection::All
             } else {
                 config.student.blocks
             };
-            (checkpoint.load_data2vec2(selection, device)?, found)
+            (file.load_data2vec2(selection, device)?, found)
         }
         None => {
             let base = config
@@ -140,12 +174,8 @@ pub fn build_models<B: AutodiffBackend>(
             (base.init::<B>(device).select_main_blocks(&keep), base)
         }
     };
-    let student_architecture = checkpoint::student_architecture(&base, &student);
-    Ok(Models {
-        teacher,
-        student,
-        student_architecture,
-    })
+    let architecture = checkpoint::student_architecture(&base, &student);
+    Ok((student, architecture))
 }
 
 /// Casts a frozen module's weights (the teacher) to the precision's compute type.
@@ -200,11 +230,13 @@ pub fn open_data(config: &RunConfig) -> anyhow::Result<Data> {
     })
 }
 
-fn image_size(models_student: &Architecture) -> usize {
-    match models_student {
-        Architecture::Data2Vec2(c) => c.image_size,
-        Architecture::BeitV2(c) => c.image_size,
-    }
+/// (image size, patch grid side) of the student.
+fn image_geometry(student: &Architecture) -> (usize, usize) {
+    let (image, patch) = match student {
+        Architecture::Data2Vec2(c) => (c.image_size, c.patch_size),
+        Architecture::BeitV2(c) => (c.image_size, c.patch_size),
+    };
+    (image, image / patch)
 }
 
 /// Runs (or resumes) the distillation in `run`.
@@ -222,7 +254,7 @@ pub fn train<B: AutodiffBackend>(
         mut student,
         student_architecture,
     } = build_models::<B>(config, resume_from, device)?;
-    let size = image_size(&student_architecture);
+    let (size, grid) = image_geometry(&student_architecture);
     let data = open_data(config)?;
 
     let optim = &config.optim;
@@ -267,8 +299,11 @@ pub fn train<B: AutodiffBackend>(
             state.step
         ));
     }
+    let run_root = run.root.clone();
+    // --max-steps overrides the config's optim.max_steps; neither changes the schedule.
     let max_steps = options
         .max_steps
+        .or(optim.max_steps)
         .map_or(total_steps, |m| m.min(total_steps));
     on_event(Event::Started {
         run_dir: run.root.clone(),
@@ -278,6 +313,39 @@ pub fn train<B: AutodiffBackend>(
         train_images: data.train.entries.len(),
         val_images: data.val.as_ref().map_or(0, |v| v.entries.len()),
     });
+
+    // Unreadable files are reported once, however often the epochs meet them.
+    let mut reported = HashSet::new();
+    let (probe, skipped) = ProbeSet::prepare(
+        &probe_paths(config, &data),
+        config,
+        &teacher,
+        size,
+        grid,
+        device,
+    )?;
+    report_skipped(skipped, &mut reported, run, on_event);
+    let write_heatmaps = |student: &Data2Vec2<B>,
+                          state: &TrainState,
+                          on_event: &mut dyn FnMut(Event)|
+     -> anyhow::Result<()> {
+        let Some(probe) = &probe else { return Ok(()) };
+        let dir = epoch_dir(&run_root, state.epoch);
+        let provenance = Provenance {
+            checkpoint: None,
+            epoch: Some(state.epoch),
+            step: Some(state.step),
+        };
+        probe.write(&student.valid(), &dir, &provenance, device)?;
+        on_event(Event::Heatmaps {
+            epoch: state.epoch,
+            dir,
+        });
+        Ok(())
+    };
+    if state.step == 0 {
+        write_heatmaps(&student, &state, on_event)?;
+    }
 
     let loader = LoaderSettings {
         batch_size: optim.batch_size,
@@ -305,8 +373,6 @@ pub fn train<B: AutodiffBackend>(
         )
     };
 
-    // Unreadable files are reported once, however often the epochs meet them.
-    let mut reported = HashSet::new();
     let validation = Validation {
         config,
         teacher: &teacher,
@@ -336,6 +402,9 @@ pub fn train<B: AutodiffBackend>(
             augment.clone(),
         );
         for batch in batches {
+            while options.pause.load(Ordering::SeqCst) && !options.stop.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             report_skipped(batch.skipped, &mut reported, run, on_event);
             state.batch_in_epoch = batch.index + 1;
             if batch.len == 0 {
@@ -417,6 +486,7 @@ pub fn train<B: AutodiffBackend>(
         let improved = validation.run(&student, &mut state, run, &mut reported, on_event)?;
         state.epoch += 1;
         state.batch_in_epoch = 0;
+        write_heatmaps(&student, &state, on_event)?;
         save(&run.last_checkpoint(), &student, &optimizer, &state)?;
         on_event(Event::CheckpointSaved(run.last_checkpoint()));
         if improved {
@@ -425,6 +495,20 @@ pub fn train<B: AutodiffBackend>(
         }
     }
     Ok(Outcome::Completed)
+}
+
+/// Device failures surface as panics inside burn; out of memory gets an actionable message.
+pub fn explain_device_panic(panic: &str, batch_size: usize) -> anyhow::Error {
+    let lower = panic.to_lowercase();
+    if lower.contains("out of memory") || lower.contains("outofmemory") || lower.contains("alloc") {
+        anyhow::anyhow!(
+            "the device ran out of memory with optim.batch_size {batch_size}; try batch_size {} \
+             with optim.grad_accum_steps doubled (same global batch) ({panic})",
+            (batch_size / 2).max(1)
+        )
+    } else {
+        anyhow::anyhow!("the compute backend failed: {panic}")
+    }
 }
 
 /// Logs and announces files that could not be read, once each.

@@ -199,12 +199,29 @@ pub fn snapshot(
     )
 }
 
+thread_local! {
+    /// Set while this thread is inside `quietly_catch`.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Runs `f`, turning a panic into an error without printing the panic message.
+///
+/// One process-wide hook, installed once, stays silent only for threads inside this function:
+/// swapping hooks per call would race between threads (the app trains and inspects at once) and
+/// could silence every later panic.
 pub fn quietly_catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let was_quiet = QUIET.with(|q| q.replace(true));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    std::panic::set_hook(previous);
+    QUIET.with(|q| q.set(was_quiet));
     result.map_err(|payload| {
         payload
             .downcast_ref::<String>()

@@ -1,0 +1,658 @@
+//! The Inspect panel (SPEC.md §4): per-patch cosine or squared error over an image, for a
+//! checkpoint, the difference between two checkpoints, teacher/student PCA views, and a timeline
+//! over the per-epoch maps a run saved.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crossbeam_channel::Receiver;
+use egui::{ColorImage, Sense, TextureHandle, TextureOptions, Ui, Vec2};
+use image::RgbImage;
+
+use super::inspect_job::{InspectRequest, Inspected, spawn};
+use super::timeline;
+use crate::backend::BackendChoice;
+use crate::config::RunConfig;
+use crate::data::resize::resize_bicubic;
+use crate::data::{ImageFolder, decode_rgb};
+use crate::inspect::colormap::{Colormap, ValueRange, colours};
+use crate::inspect::patch_maps::difference;
+use crate::inspect::render::{display_side, format_value, grid_image, overlay};
+use crate::inspect::{HeatmapRecord, Metric};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum View {
+    /// The chosen checkpoint's map.
+    Map,
+    /// Checkpoint B's map minus checkpoint A's.
+    Difference,
+    /// Teacher and student patches as RGB in the teacher's PCA basis.
+    Pca,
+    /// The maps a run saved after each epoch.
+    Timeline,
+}
+
+impl View {
+    const ALL: [View; 4] = [View::Map, View::Difference, View::Pca, View::Timeline];
+
+    fn label(self) -> &'static str {
+        match self {
+            View::Map => "Map",
+            View::Difference => "Difference",
+            View::Pca => "PCA",
+            View::Timeline => "Timeline",
+        }
+    }
+}
+
+/// What one heat picture shows.
+struct HeatPicture<'a> {
+    base: &'a RgbImage,
+    values: Vec<f32>,
+    grid: usize,
+    cls: f32,
+    colormap: Colormap,
+    range: ValueRange,
+    title: String,
+}
+
+/// A run's saved map for one probe image and epoch, with the image it was computed on.
+struct TimelineFrame {
+    json: PathBuf,
+    record: HeatmapRecord,
+    display: RgbImage,
+}
+
+pub struct InspectPanel {
+    pub image: Option<PathBuf>,
+    /// None: the student as the config builds it (before training).
+    pub checkpoint: Option<PathBuf>,
+    pub compare: Option<PathBuf>,
+    pub view: View,
+    pub metric: Metric,
+    pub opacity: f32,
+    /// Colour range from this image's values instead of the fixed range.
+    pub fit_range: bool,
+    pub timeline_run: Option<PathBuf>,
+    pub timeline_epoch: usize,
+    pub timeline_stem: Option<String>,
+    candidates: Vec<PathBuf>,
+    runs: Vec<(PathBuf, Vec<PathBuf>)>,
+    pending: Option<(InspectRequest, Receiver<Result<Inspected, String>>)>,
+    shown: Option<(InspectRequest, Result<Inspected, String>)>,
+    frame: Option<TimelineFrame>,
+    /// Bumped whenever what is shown changes; part of every texture key.
+    generation: u64,
+    textures: HashMap<&'static str, (String, TextureHandle)>,
+}
+
+impl Default for InspectPanel {
+    fn default() -> Self {
+        Self {
+            image: None,
+            checkpoint: None,
+            compare: None,
+            view: View::Map,
+            metric: Metric::Cosine,
+            opacity: 0.7,
+            fit_range: false,
+            timeline_run: None,
+            // Clamped to the newest epoch when the run is read.
+            timeline_epoch: usize::MAX,
+            timeline_stem: None,
+            candidates: Vec::new(),
+            runs: Vec::new(),
+            pending: None,
+            shown: None,
+            frame: None,
+            generation: 0,
+            textures: HashMap::new(),
+        }
+    }
+}
+
+impl InspectPanel {
+    /// Re-reads the image candidates (assets/, the config's validation or training folder) and
+    /// the runs' checkpoints; keeps a valid selection, else picks the first image and the
+    /// newest checkpoint.
+    pub fn refresh(&mut self, config: &RunConfig, runs_dir: &Path) {
+        let mut candidates = folder_images(Path::new("assets"), 32);
+        for folder in [
+            config.data.val.as_deref(),
+            Some(config.data.train.as_path()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            candidates.extend(folder_images(folder, 32));
+        }
+        candidates.dedup();
+        self.candidates = candidates;
+        if self.image.is_none() {
+            self.image = self.candidates.first().cloned();
+        }
+        self.runs = timeline::runs_with_checkpoints(runs_dir);
+        if self.checkpoint.as_ref().is_none_or(|c| !c.exists()) {
+            self.checkpoint = self.runs.first().and_then(|(_, c)| preferred(c));
+        }
+        if self.timeline_run.as_ref().is_none_or(|r| !r.exists()) {
+            self.timeline_run = self
+                .checkpoint
+                .as_deref()
+                .and_then(timeline::run_of_checkpoint)
+                .or_else(|| self.runs.first().map(|(r, _)| r.clone()));
+        }
+    }
+
+    /// True while an analysis is being computed.
+    pub fn is_busy(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// The finished analysis, if the last one succeeded.
+    pub fn inspected(&self) -> Option<&Inspected> {
+        self.shown.as_ref().and_then(|(_, r)| r.as_ref().ok())
+    }
+
+    pub fn ui(&mut self, ui: &mut Ui, config: &RunConfig, backend: BackendChoice) {
+        self.poll();
+        self.controls_ui(ui);
+        ui.separator();
+        if self.view == View::Timeline {
+            self.timeline_ui(ui);
+        } else {
+            self.request(config, backend, ui.ctx());
+            self.analysis_ui(ui);
+        }
+    }
+
+    fn poll(&mut self) {
+        if let Some((request, receiver)) = &self.pending
+            && let Ok(result) = receiver.try_recv()
+        {
+            self.shown = Some((request.clone(), result));
+            self.pending = None;
+            self.generation += 1;
+        }
+    }
+
+    /// Starts an analysis when the selection changed and none is running.
+    fn request(&mut self, config: &RunConfig, backend: BackendChoice, ctx: &egui::Context) {
+        let Some(image) = self.image.clone() else {
+            return;
+        };
+        let request = InspectRequest {
+            config: config.clone(),
+            backend,
+            image,
+            checkpoint: self.checkpoint.clone(),
+            compare: (self.view == View::Difference)
+                .then(|| self.compare.clone())
+                .flatten(),
+        };
+        let current = self.shown.as_ref().map(|(r, _)| r);
+        let needed = current != Some(&request)
+            // Switching to Map or PCA does not need the comparison run again.
+            && !(request.compare.is_none() && current.is_some_and(|c| InspectRequest { compare: None, ..c.clone() } == request));
+        if needed && self.pending.is_none() {
+            let ctx = ctx.clone();
+            let receiver = spawn(request.clone(), move || ctx.request_repaint());
+            self.pending = Some((request, receiver));
+        }
+    }
+
+    fn controls_ui(&mut self, ui: &mut Ui) {
+        ui.horizontal(|ui| {
+            for view in View::ALL {
+                ui.selectable_value(&mut self.view, view, view.label());
+            }
+            ui.separator();
+            for metric in Metric::ALL {
+                ui.radio_value(&mut self.metric, metric, metric.label());
+            }
+            ui.separator();
+            ui.add(egui::Slider::new(&mut self.opacity, 0.0..=1.0).text("opacity"));
+            ui.checkbox(&mut self.fit_range, "fit colours to values")
+                .on_hover_text("off: fixed ranges (cosine 0–1, error 0–2), comparable across images and epochs");
+        });
+        if self.view == View::Timeline {
+            return;
+        }
+        egui::Grid::new("inspect-choices")
+            .num_columns(2)
+            .show(ui, |ui| {
+                ui.label("image");
+                ui.horizontal(|ui| {
+                    let shown = self.image.as_deref().map_or("none".into(), short_name);
+                    egui::ComboBox::from_id_salt("image")
+                        .selected_text(shown)
+                        .width(280.0)
+                        .show_ui(ui, |ui| {
+                            for path in &self.candidates {
+                                ui.selectable_value(
+                                    &mut self.image,
+                                    Some(path.clone()),
+                                    short_name(path),
+                                );
+                            }
+                        });
+                    if ui.button("Open image…").clicked()
+                        && let Some(path) = rfd::FileDialog::new().pick_file()
+                    {
+                        self.image = Some(path);
+                    }
+                });
+                ui.end_row();
+                let labels = checkpoint_labels(&self.runs);
+                ui.label(if self.view == View::Difference {
+                    "checkpoint A"
+                } else {
+                    "checkpoint"
+                });
+                checkpoint_ui(ui, "checkpoint", &mut self.checkpoint, &labels, true);
+                ui.end_row();
+                if self.view == View::Difference {
+                    ui.label("checkpoint B");
+                    checkpoint_ui(ui, "compare", &mut self.compare, &labels, false);
+                    ui.end_row();
+                }
+            });
+    }
+
+    fn analysis_ui(&mut self, ui: &mut Ui) {
+        if self.pending.is_some() {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("running teacher and student…");
+            });
+        }
+        let Some((request, result)) = &self.shown else {
+            return;
+        };
+        let inspected = match result {
+            Ok(inspected) => inspected.clone(),
+            Err(error) => {
+                ui.colored_label(ui.visuals().error_fg_color, error);
+                return;
+            }
+        };
+        let source = request
+            .checkpoint
+            .as_deref()
+            .map_or("initial student".into(), short_name);
+        match self.view {
+            View::Map => {
+                let maps = &inspected.analysis.maps;
+                let values = maps.values(self.metric).to_vec();
+                let picture = HeatPicture {
+                    base: &inspected.image.display,
+                    range: self.range(self.metric, &values),
+                    values,
+                    grid: maps.grid,
+                    cls: maps.cls(self.metric),
+                    colormap: Colormap::for_metric(self.metric),
+                    title: format!("{} · {source}", self.metric.label()),
+                };
+                self.heat_ui(ui, &picture);
+            }
+            View::Difference => {
+                let Some(compared) = &inspected.compared else {
+                    ui.label("Choose checkpoint B to see where it gains or loses against A.");
+                    return;
+                };
+                let Some((values, cls)) =
+                    difference(&inspected.analysis.maps, &compared.maps, self.metric)
+                else {
+                    ui.label("The two checkpoints have different patch grids.");
+                    return;
+                };
+                let picture = HeatPicture {
+                    base: &inspected.image.display,
+                    range: ValueRange::symmetric(&values),
+                    values,
+                    grid: compared.maps.grid,
+                    cls,
+                    colormap: Colormap::Diverging,
+                    title: format!("{}: B − A", self.metric.label()),
+                };
+                self.heat_ui(ui, &picture);
+            }
+            View::Pca => self.pca_ui(ui, &inspected),
+            View::Timeline => {}
+        }
+    }
+
+    fn range(&self, metric: Metric, values: &[f32]) -> ValueRange {
+        if self.fit_range {
+            ValueRange::fitted(values)
+        } else {
+            ValueRange::fixed(metric)
+        }
+    }
+
+    /// A texture for `slot`, rebuilt only when `key` changes.
+    fn texture(
+        &mut self,
+        ctx: &egui::Context,
+        slot: &'static str,
+        key: String,
+        make: impl FnOnce() -> RgbImage,
+    ) -> TextureHandle {
+        if let Some((k, handle)) = self.textures.get(slot)
+            && *k == key
+        {
+            return handle.clone();
+        }
+        let picture = make();
+        let colour = ColorImage::from_rgb(
+            [picture.width() as usize, picture.height() as usize],
+            picture.as_raw(),
+        );
+        let handle = ctx.load_texture(slot, colour, TextureOptions::NEAREST);
+        self.textures.insert(slot, (key, handle.clone()));
+        handle
+    }
+
+    fn picture_side(ui: &Ui, panels: f32) -> f32 {
+        ((ui.available_width() - 140.0) / panels).clamp(128.0, 448.0)
+    }
+
+    /// The image and its overlay side by side, the CLS value, hover readout and the legend.
+    fn heat_ui(&mut self, ui: &mut Ui, picture: &HeatPicture) {
+        let ctx = ui.ctx().clone();
+        let key = format!(
+            "{}-{:?}-{:?}-{}-{:?}-{:?}",
+            self.generation, self.view, self.metric, self.opacity, picture.range, picture.colormap
+        );
+        let base = self.texture(
+            &ctx,
+            "image",
+            format!("{}-{:?}", self.generation, self.view),
+            || picture.base.clone(),
+        );
+        let opacity = self.opacity;
+        let heat = self.texture(&ctx, "overlay", key, || {
+            overlay(
+                picture.base,
+                &picture.values,
+                picture.grid,
+                picture.colormap,
+                picture.range,
+                opacity,
+            )
+        });
+        let legend = self.texture(&ctx, "legend", format!("{:?}", picture.colormap), || {
+            legend_strip(picture.colormap)
+        });
+        let side = Self::picture_side(ui, 2.0);
+        ui.strong(&picture.title);
+        ui.horizontal_top(|ui| {
+            ui.add(egui::Image::from_texture((base.id(), Vec2::splat(side))));
+            let response = ui.add(
+                egui::Image::from_texture((heat.id(), Vec2::splat(side))).sense(Sense::hover()),
+            );
+            if let Some(pos) = response.hover_pos() {
+                let rel = (pos - response.rect.min) / side;
+                let column = ((rel.x * picture.grid as f32) as usize).min(picture.grid - 1);
+                let row = ((rel.y * picture.grid as f32) as usize).min(picture.grid - 1);
+                let value = picture.values[row * picture.grid + column];
+                response.on_hover_text_at_pointer(format!(
+                    "patch row {row}, column {column} (token {}): {}",
+                    1 + row * picture.grid + column,
+                    format_value(value)
+                ));
+            }
+            ui.vertical(|ui| {
+                ui.label("CLS token");
+                ui.heading(format_value(picture.cls));
+                let mean = picture.values.iter().sum::<f32>() / picture.values.len().max(1) as f32;
+                ui.label("patch mean");
+                ui.heading(format_value(mean));
+            });
+        });
+        ui.horizontal(|ui| {
+            ui.add_space(side + ui.spacing().item_spacing.x);
+            ui.vertical(|ui| {
+                ui.add(egui::Image::from_texture((
+                    legend.id(),
+                    Vec2::new(side, 14.0),
+                )));
+                ui.horizontal(|ui| {
+                    ui.label(format_value(picture.range.min));
+                    let mid = format_value((picture.range.min + picture.range.max) / 2.0);
+                    let gap = (side - 3.0 * 40.0).max(0.0) / 2.0;
+                    ui.add_space(gap);
+                    ui.label(mid);
+                    ui.add_space(gap);
+                    ui.label(format_value(picture.range.max));
+                });
+            });
+        });
+    }
+
+    fn pca_ui(&mut self, ui: &mut Ui, inspected: &Inspected) {
+        let ctx = ui.ctx().clone();
+        let grid = inspected.analysis.maps.grid;
+        let side_px = inspected.image.display.width();
+        let base = self.texture(
+            &ctx,
+            "image",
+            format!("{}-{:?}", self.generation, self.view),
+            || inspected.image.display.clone(),
+        );
+        let teacher = self.texture(&ctx, "pca-teacher", self.generation.to_string(), || {
+            grid_image(&inspected.pca.0, grid, side_px)
+        });
+        let student = self.texture(&ctx, "pca-student", self.generation.to_string(), || {
+            grid_image(&inspected.pca.1, grid, side_px)
+        });
+        let side = Self::picture_side(ui, 3.0);
+        ui.strong("First three principal components of the teacher's patches as RGB; the student's patches in the same basis");
+        ui.horizontal_top(|ui| {
+            for (caption, texture) in [
+                ("image", &base),
+                ("teacher", &teacher),
+                ("student", &student),
+            ] {
+                ui.vertical(|ui| {
+                    ui.label(caption);
+                    ui.add(egui::Image::from_texture((texture.id(), Vec2::splat(side))));
+                });
+            }
+        });
+    }
+
+    fn timeline_ui(&mut self, ui: &mut Ui) {
+        let run_labels: Vec<PathBuf> = self.runs.iter().map(|(r, _)| r.clone()).collect();
+        ui.horizontal(|ui| {
+            ui.label("run");
+            egui::ComboBox::from_id_salt("timeline-run")
+                .selected_text(
+                    self.timeline_run
+                        .as_deref()
+                        .map_or("none".into(), short_name),
+                )
+                .show_ui(ui, |ui| {
+                    for run in &run_labels {
+                        ui.selectable_value(
+                            &mut self.timeline_run,
+                            Some(run.clone()),
+                            short_name(run),
+                        );
+                    }
+                });
+        });
+        let Some(run) = self.timeline_run.clone() else {
+            ui.label("No run with checkpoints yet: start one in the Run panel.");
+            return;
+        };
+        let epochs = timeline::epochs(&run);
+        if epochs.is_empty() {
+            ui.label(format!(
+                "{} has no heatmaps/ yet (probe.count is 0, or no epoch has finished).",
+                run.display()
+            ));
+            return;
+        }
+        self.timeline_epoch = self.timeline_epoch.min(epochs.len() - 1);
+        let (epoch, dir) = epochs[self.timeline_epoch].clone();
+        let stems = timeline::probe_stems(&dir);
+        if self
+            .timeline_stem
+            .as_ref()
+            .is_none_or(|s| !stems.contains(s))
+        {
+            self.timeline_stem = stems.first().cloned();
+        }
+        ui.horizontal(|ui| {
+            ui.label("probe image");
+            egui::ComboBox::from_id_salt("timeline-image")
+                .selected_text(self.timeline_stem.clone().unwrap_or_default())
+                .show_ui(ui, |ui| {
+                    for stem in &stems {
+                        ui.selectable_value(&mut self.timeline_stem, Some(stem.clone()), stem);
+                    }
+                });
+            ui.label("epoch");
+            ui.add(
+                egui::Slider::new(&mut self.timeline_epoch, 0..=epochs.len() - 1).custom_formatter(
+                    |i, _| {
+                        epochs
+                            .get(i as usize)
+                            .map_or(String::new(), |(e, _)| e.to_string())
+                    },
+                ),
+            );
+        });
+        let Some(stem) = self.timeline_stem.clone() else {
+            return;
+        };
+        let json = dir.join(format!("{stem}.json"));
+        if self.frame.as_ref().is_none_or(|f| f.json != json) {
+            match load_frame(&json) {
+                Ok(frame) => {
+                    self.frame = Some(frame);
+                    self.generation += 1;
+                }
+                Err(error) => {
+                    ui.colored_label(ui.visuals().error_fg_color, format!("{error:#}"));
+                    return;
+                }
+            }
+        }
+        let Some(frame) = self.frame.take() else {
+            return;
+        };
+        let maps = frame.record.maps();
+        let values = maps.values(self.metric).to_vec();
+        let step = frame
+            .record
+            .step
+            .map_or(String::new(), |s| format!(", step {s}"));
+        let picture = HeatPicture {
+            base: &frame.display,
+            range: self.range(self.metric, &values),
+            values,
+            grid: maps.grid,
+            cls: maps.cls(self.metric),
+            colormap: Colormap::for_metric(self.metric),
+            title: format!("{} after epoch {epoch}{step}", self.metric.label()),
+        };
+        self.heat_ui(ui, &picture);
+        self.frame = Some(frame);
+    }
+}
+
+fn load_frame(json: &Path) -> anyhow::Result<TimelineFrame> {
+    let record = HeatmapRecord::read(json)?;
+    let side = display_side(record.grid);
+    let display = resize_bicubic(&decode_rgb(&record.image)?, side, side);
+    Ok(TimelineFrame {
+        json: json.to_path_buf(),
+        record,
+        display,
+    })
+}
+
+/// A colour map as a 256 × 1 strip.
+fn legend_strip(colormap: Colormap) -> RgbImage {
+    let values: Vec<f32> = (0..256).map(|i| i as f32 / 255.0).collect();
+    let cells = colours(&values, colormap, ValueRange { min: 0.0, max: 1.0 });
+    RgbImage::from_fn(256, 1, |x, _| image::Rgb(cells[x as usize]))
+}
+
+/// `best` when the run has one (lowest validation loss), else its first checkpoint.
+fn preferred(checkpoints: &[PathBuf]) -> Option<PathBuf> {
+    checkpoints
+        .iter()
+        .find(|c| c.file_stem().is_some_and(|s| s == "best"))
+        .or_else(|| checkpoints.first())
+        .cloned()
+}
+
+fn checkpoint_labels(runs: &[(PathBuf, Vec<PathBuf>)]) -> Vec<(PathBuf, String)> {
+    runs.iter()
+        .flat_map(|(run, checkpoints)| {
+            checkpoints.iter().map(move |c| {
+                (
+                    c.clone(),
+                    format!("{} / {}", short_name(run), short_name(c)),
+                )
+            })
+        })
+        .collect()
+}
+
+fn checkpoint_ui(
+    ui: &mut Ui,
+    id: &str,
+    selected: &mut Option<PathBuf>,
+    labels: &[(PathBuf, String)],
+    allow_initial: bool,
+) {
+    ui.horizontal(|ui| {
+        let text = match selected.as_ref() {
+            Some(path) => labels
+                .iter()
+                .find(|(p, _)| p == path)
+                .map_or_else(|| path.display().to_string(), |(_, l)| l.clone()),
+            None if allow_initial => "initial student (from the config)".into(),
+            None => "none".into(),
+        };
+        egui::ComboBox::from_id_salt(id)
+            .selected_text(text)
+            .width(360.0)
+            .show_ui(ui, |ui| {
+                let none = if allow_initial {
+                    "initial student (from the config)"
+                } else {
+                    "none"
+                };
+                ui.selectable_value(selected, None, none);
+                for (path, label) in labels {
+                    ui.selectable_value(selected, Some(path.clone()), label);
+                }
+            });
+        if ui.button("Open…").clicked()
+            && let Some(path) = rfd::FileDialog::new()
+                .add_filter("checkpoint", &["safetensors"])
+                .pick_file()
+        {
+            *selected = Some(path);
+        }
+    });
+}
+
+fn short_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// Up to `limit` image files of a folder (any layout `ImageFolder` reads), sorted.
+fn folder_images(folder: &Path, limit: usize) -> Vec<PathBuf> {
+    ImageFolder::scan(folder)
+        .map(|f| f.entries.into_iter().take(limit).map(|e| e.path).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,103 @@
+//! The probe set: a few fixed images whose per-patch maps are written after every epoch to the
+//! run's `heatmaps/epoch-NNN/`, so the app's timeline shows the student's maps improving. The
+//! teacher is frozen, so its targets are computed once.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+
+use super::train::Data;
+use crate::config::RunConfig;
+use crate::inspect::Analysis;
+use crate::inspect::analysis::{ProbeImage, student_tokens, teacher_tokens};
+use crate::inspect::files::{Provenance, stem, write_image_outputs};
+use crate::model::{BeitV2, Data2Vec2};
+
+pub struct ProbeSet {
+    images: Vec<ProbeImage>,
+    targets: Vec<Vec<f32>>,
+    dim: usize,
+    size: usize,
+}
+
+/// The run's folder of per-epoch maps.
+pub fn heatmaps_dir(run_root: &Path) -> PathBuf {
+    run_root.join("heatmaps")
+}
+
+/// `heatmaps/epoch-NNN` for the maps after epoch `epoch` (counted from 1).
+pub fn epoch_dir(run_root: &Path, epoch: usize) -> PathBuf {
+    heatmaps_dir(run_root).join(format!("epoch-{epoch:03}"))
+}
+
+/// The probe images the config names, else the first `probe.count` validation (or training)
+/// images.
+pub fn probe_paths(config: &RunConfig, data: &Data) -> Vec<PathBuf> {
+    if !config.probe.images.is_empty() {
+        return config.probe.images.clone();
+    }
+    let folder = data.val.as_ref().unwrap_or(&data.train);
+    folder
+        .entries
+        .iter()
+        .take(config.probe.count)
+        .map(|e| e.path.clone())
+        .collect()
+}
+
+impl ProbeSet {
+    /// Loads the images and computes the teacher's targets; unreadable images are returned as
+    /// (path, reason) and left out. None when there is nothing to probe.
+    pub fn prepare<B: Backend>(
+        paths: &[PathBuf],
+        config: &RunConfig,
+        teacher: &BeitV2<B>,
+        size: usize,
+        grid: usize,
+        device: &B::Device,
+    ) -> anyhow::Result<(Option<Self>, Vec<(PathBuf, String)>)> {
+        let mut images = Vec::new();
+        let mut skipped = Vec::new();
+        for path in paths {
+            match ProbeImage::load(path, size, grid) {
+                Ok(image) => images.push(image),
+                Err(e) => skipped.push((path.clone(), e.message)),
+            }
+        }
+        if images.is_empty() {
+            return Ok((None, skipped));
+        }
+        let (targets, dim) = teacher_tokens(teacher, &images, size, config.precision, device)?;
+        Ok((
+            Some(Self {
+                images,
+                targets,
+                dim,
+                size,
+            }),
+            skipped,
+        ))
+    }
+
+    /// Writes every probe image's figures and values for the student as it is now.
+    pub fn write<B: Backend>(
+        &self,
+        student: &Data2Vec2<B>,
+        dir: &Path,
+        provenance: &Provenance,
+        device: &B::Device,
+    ) -> anyhow::Result<()> {
+        let (predictions, _) = student_tokens(student, &self.images, self.size, device)?;
+        for (i, ((image, target), prediction)) in self
+            .images
+            .iter()
+            .zip(&self.targets)
+            .zip(predictions)
+            .enumerate()
+        {
+            let analysis = Analysis::new(target.clone(), prediction, self.dim)?;
+            write_image_outputs(dir, &stem(i, &image.path), image, &analysis, provenance)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,17 @@
+//! Per-patch distillation quality (SPEC.md §4): similarity and error maps, PCA-to-RGB, colour
+//! maps and the pictures, as pure functions shared by the app, the `heatmap` command and the
+//! per-epoch probe. `analysis` is the one part that runs the models.
+
+pub mod analysis;
+pub mod colormap;
+pub mod files;
+mod font;
+pub mod patch_maps;
+pub mod pca;
+pub mod render;
+
+pub use analysis::{Analysis, ProbeImage};
+pub use colormap::{Colormap, ValueRange};
+pub use files::{HeatmapRecord, Provenance};
+pub use patch_maps::{Metric, PatchMaps};
+pub use pca::PcaBasis;

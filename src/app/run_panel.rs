@@ -12,6 +12,8 @@ use crate::config::RunConfig;
 use crate::distill::train::{Event, Outcome};
 
 const LOG_LINES: usize = 500;
+const TRAIN_COLOUR: egui::Color32 = egui::Color32::from_rgb(230, 120, 60);
+const VAL_COLOUR: egui::Color32 = egui::Color32::from_rgb(90, 160, 230);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunState {
@@ -370,13 +372,14 @@ impl RunPanel {
                 .legend(Legend::default())
                 .x_axis_label("step")
                 .show(&mut columns[0], |plot| {
-                    plot.line(Line::new("train", PlotPoints::from(p.loss.clone())));
-                    plot.line(Line::new(
-                        "validation",
-                        PlotPoints::from(p.val_loss.clone()),
-                    ));
+                    let train = PlotPoints::from(p.loss.clone());
+                    let val = || PlotPoints::from(p.val_loss.clone());
+                    plot.line(Line::new("train", train).color(TRAIN_COLOUR));
+                    plot.line(Line::new("validation", val()).color(VAL_COLOUR));
                     plot.points(
-                        Points::new("validation", PlotPoints::from(p.val_loss.clone())).radius(3.0),
+                        Points::new("validation", val())
+                            .color(VAL_COLOUR)
+                            .radius(3.0),
                     );
                 });
             columns[1].label("learning rate");
@@ -384,7 +387,7 @@ impl RunPanel {
                 .height(height)
                 .x_axis_label("step")
                 .show(&mut columns[1], |plot| {
-                    plot.line(Line::new("lr", PlotPoints::from(p.lr.clone())));
+                    plot.line(Line::new("lr", PlotPoints::from(p.lr.clone())).color(TRAIN_COLOUR));
                 });
         });
     }

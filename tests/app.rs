@@ -18,7 +18,7 @@ fn demo_app(runs_dir: &Path) -> KdlabApp {
     let mut app = KdlabApp::open(Some(Path::new("configs/demo.ron")))
         .with_detected_devices(DEVICES.iter().map(|d| d.to_string()).collect());
     app.set_backend(BackendChoice::Cpu);
-    app.setup.runs_dir = runs_dir.to_path_buf();
+    app.set_runs_dir(runs_dir);
     app
 }
 

@@ -156,6 +156,14 @@ impl KdlabApp {
         self.run.shut_down();
     }
 
+    /// Where runs go and where Inspect looks for checkpoints (its choices start over).
+    pub fn set_runs_dir(&mut self, runs_dir: &Path) {
+        self.setup.runs_dir = runs_dir.to_path_buf();
+        self.inspect.checkpoint = None;
+        self.inspect.timeline_run = None;
+        self.inspect.refresh(&self.setup.config, runs_dir);
+    }
+
     pub fn set_backend(&mut self, backend: BackendChoice) {
         self.setup.backend = backend;
     }

@@ -13,6 +13,9 @@ use crate::inspect::analysis::{ProbeImage, student_tokens, teacher_tokens};
 use crate::inspect::files::{Provenance, stem, write_image_outputs};
 use crate::model::{BeitV2, Data2Vec2};
 
+/// Images that could not be read, with the reason.
+pub type Unreadable = Vec<(PathBuf, String)>;
+
 pub struct ProbeSet {
     images: Vec<ProbeImage>,
     targets: Vec<Vec<f32>>,
@@ -55,7 +58,7 @@ impl ProbeSet {
         size: usize,
         grid: usize,
         device: &B::Device,
-    ) -> anyhow::Result<(Option<Self>, Vec<(PathBuf, String)>)> {
+    ) -> anyhow::Result<(Option<Self>, Unreadable)> {
         let mut images = Vec::new();
         let mut skipped = Vec::new();
         for path in paths {

@@ -110,7 +110,7 @@ mod tests {
         assert!(
             inked
                 .iter()
-                .all(|&(x, y)| x >= 1 && x < 1 + width && y >= 1 && y < 11)
+                .all(|&(x, y)| (1..1 + width).contains(&x) && (1..11).contains(&y))
         );
     }
 }

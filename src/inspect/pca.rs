@@ -232,11 +232,15 @@ mod tests {
         for i in 0..n {
             let phase = std::f64::consts::TAU * i as f64 / n as f64;
             let coords = [3.0 * phase.cos(), 2.0 * phase.sin(), (2.0 * phase).cos()];
-            for j in 0..dim {
-                let x: f64 = (0..3).map(|k| coords[k] * directions[k][j]).sum::<f64>()
-                    + 0.001 * rng.random_range(-1.0..1.0)
-                    + 5.0; // an offset the mean must remove
-                patches.push(x as f32);
+            let mut point = vec![5.0f64; dim]; // an offset the mean must remove
+            for (c, direction) in coords.iter().zip(&directions) {
+                point
+                    .iter_mut()
+                    .zip(direction)
+                    .for_each(|(p, d)| *p += c * d);
+            }
+            for p in point {
+                patches.push((p + 0.001 * rng.random_range(-1.0..1.0)) as f32);
             }
         }
         let [a, b, c] = <[Vec<f64>; 3]>::try_from(directions).unwrap();

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use egui::{ColorImage, Sense, TextureHandle, TextureOptions, Ui, Vec2};
@@ -56,6 +57,36 @@ struct HeatPicture<'a> {
     title: String,
 }
 
+/// A run's heatmap folders, re-read at most once a second rather than every frame (a running
+/// training adds an epoch now and then).
+struct TimelineListing {
+    run: PathBuf,
+    read_at: Instant,
+    epochs: Vec<(usize, PathBuf)>,
+    /// Probe stems of each epoch folder.
+    stems: Vec<Vec<String>>,
+}
+
+impl TimelineListing {
+    fn read(run: &Path) -> Self {
+        let epochs = timeline::epochs(run);
+        let stems = epochs
+            .iter()
+            .map(|(_, dir)| timeline::probe_stems(dir))
+            .collect();
+        Self {
+            run: run.to_path_buf(),
+            read_at: Instant::now(),
+            epochs,
+            stems,
+        }
+    }
+
+    fn is_fresh_for(&self, run: &Path) -> bool {
+        self.run == run && self.read_at.elapsed() < Duration::from_secs(1)
+    }
+}
+
 /// A run's saved map for one probe image and epoch, with the image it was computed on.
 struct TimelineFrame {
     json: PathBuf,
@@ -81,6 +112,7 @@ pub struct InspectPanel {
     pending: Option<(InspectRequest, Receiver<Result<Inspected, String>>)>,
     shown: Option<(InspectRequest, Result<Inspected, String>)>,
     frame: Option<TimelineFrame>,
+    listing: Option<TimelineListing>,
     /// Bumped whenever what is shown changes; part of every texture key.
     generation: u64,
     textures: HashMap<&'static str, (String, TextureHandle)>,
@@ -105,6 +137,7 @@ impl Default for InspectPanel {
             pending: None,
             shown: None,
             frame: None,
+            listing: None,
             generation: 0,
             textures: HashMap::new(),
         }
@@ -486,7 +519,11 @@ impl InspectPanel {
             ui.label("No run with checkpoints yet: start one in the Run panel.");
             return;
         };
-        let epochs = timeline::epochs(&run);
+        if self.listing.as_ref().is_none_or(|l| !l.is_fresh_for(&run)) {
+            self.listing = Some(TimelineListing::read(&run));
+        }
+        let Some(listing) = &self.listing else { return };
+        let epochs = listing.epochs.clone();
         if epochs.is_empty() {
             ui.label(format!(
                 "{} has no heatmaps/ yet (probe.count is 0, or no epoch has finished).",
@@ -496,7 +533,7 @@ impl InspectPanel {
         }
         self.timeline_epoch = self.timeline_epoch.min(epochs.len() - 1);
         let (epoch, dir) = epochs[self.timeline_epoch].clone();
-        let stems = timeline::probe_stems(&dir);
+        let stems = listing.stems[self.timeline_epoch].clone();
         if self
             .timeline_stem
             .as_ref()

@@ -17,7 +17,7 @@ use crossbeam_channel::Receiver;
 use crate::backend::{BackendChoice, detect_devices};
 use crate::config::RunConfig;
 pub use inspect_panel::{InspectPanel, View};
-pub use run_panel::{RunPanel, RunState};
+pub use run_panel::{RunPanel, RunSetup, RunState};
 pub use setup_panel::SetupPanel;
 
 /// The config the app opens with.
@@ -111,13 +111,13 @@ impl KdlabApp {
             Tab::Setup => self.setup.ui(ui),
             Tab::Run => {
                 let problem = self.setup.first_problem();
-                self.run.ui(
-                    ui,
-                    &self.setup.config,
-                    problem.as_deref(),
-                    self.setup.backend,
-                    &self.setup.runs_dir,
-                );
+                let setup = RunSetup {
+                    config: &self.setup.config,
+                    problem: problem.as_deref(),
+                    backend: self.setup.backend,
+                    runs_dir: &self.setup.runs_dir,
+                };
+                self.run.ui(ui, &setup);
             }
             Tab::Inspect => self.inspect.ui(ui, &self.setup.config, self.setup.backend),
         });

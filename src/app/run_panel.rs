@@ -153,6 +153,16 @@ impl RunProgress {
     }
 }
 
+/// What the Run panel takes from Setup.
+#[derive(Clone, Copy)]
+pub struct RunSetup<'a> {
+    pub config: &'a RunConfig,
+    /// The config's first problem; Start is disabled while there is one.
+    pub problem: Option<&'a str>,
+    pub backend: BackendChoice,
+    pub runs_dir: &'a std::path::Path,
+}
+
 #[derive(Default)]
 pub struct RunPanel {
     job: Option<TrainingJob>,
@@ -169,17 +179,6 @@ impl RunPanel {
         let Some(job) = &self.job else { return };
         for message in job.drain() {
             self.progress.apply(message);
-        }
-        if !job.is_running()
-            && matches!(
-                self.progress.state,
-                RunState::Running | RunState::Paused | RunState::Stopping
-            )
-        {
-            // The thread ended after its last message was drained above.
-            for message in job.drain() {
-                self.progress.apply(message);
-            }
         }
     }
 
@@ -221,16 +220,9 @@ impl RunPanel {
         }
     }
 
-    pub fn ui(
-        &mut self,
-        ui: &mut egui::Ui,
-        config: &RunConfig,
-        config_error: Option<&str>,
-        backend: BackendChoice,
-        runs_dir: &std::path::Path,
-    ) {
-        self.poll();
-        self.controls_ui(ui, config, config_error, backend, runs_dir);
+    /// Draws the panel; the app polls the job before.
+    pub fn ui(&mut self, ui: &mut egui::Ui, setup: &RunSetup) {
+        self.controls_ui(ui, setup);
         ui.separator();
         self.status_ui(ui);
         ui.separator();
@@ -243,17 +235,16 @@ impl RunPanel {
         }
     }
 
-    fn controls_ui(
-        &mut self,
-        ui: &mut egui::Ui,
-        config: &RunConfig,
-        config_error: Option<&str>,
-        backend: BackendChoice,
-        runs_dir: &std::path::Path,
-    ) {
+    fn controls_ui(&mut self, ui: &mut egui::Ui, setup: &RunSetup) {
+        let RunSetup {
+            config,
+            problem,
+            backend,
+            runs_dir,
+        } = *setup;
         let active = self.is_active();
         ui.horizontal(|ui| {
-            let can_start = !active && config_error.is_none();
+            let can_start = !active && problem.is_none();
             if ui
                 .add_enabled(can_start, egui::Button::new("▶ Start"))
                 .on_hover_text("Start a new run with the Setup panel's config")
@@ -310,7 +301,7 @@ impl RunPanel {
                     ui.ctx(),
                 );
             }
-            if let Some(error) = config_error {
+            if let Some(error) = problem {
                 ui.colored_label(ui.visuals().error_fg_color, format!("Setup: {error}"));
             }
         });

@@ -14,8 +14,8 @@ use super::inspect_job::{InspectRequest, Inspected, spawn};
 use super::timeline;
 use crate::backend::BackendChoice;
 use crate::config::RunConfig;
+use crate::data::decode_rgb;
 use crate::data::resize::resize_bicubic;
-use crate::data::{ImageFolder, decode_rgb};
 use crate::inspect::colormap::{Colormap, ValueRange, colours};
 use crate::inspect::patch_maps::difference;
 use crate::inspect::render::{display_side, format_value, grid_image, overlay};
@@ -687,9 +687,47 @@ fn short_name(path: &Path) -> String {
     )
 }
 
-/// Up to `limit` image files of a folder (any layout `ImageFolder` reads), sorted.
+/// The first `limit` files of a folder in `ImageFolder` order (flat, or `<class>/` sub-folders),
+/// reading no more of the folder than that: an ImageNet train folder lists in milliseconds.
 fn folder_images(folder: &Path, limit: usize) -> Vec<PathBuf> {
-    ImageFolder::scan(folder)
-        .map(|f| f.entries.into_iter().take(limit).map(|e| e.path).collect())
-        .unwrap_or_default()
+    let sorted = |dir: &Path| -> Vec<PathBuf> {
+        let mut children: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        children.sort();
+        children
+            .into_iter()
+            .filter(|p| {
+                !p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect()
+    };
+    let mut found = Vec::new();
+    for child in sorted(folder) {
+        if found.len() >= limit {
+            break;
+        }
+        if child.is_dir() {
+            found.extend(
+                sorted(&child)
+                    .into_iter()
+                    .filter(|p| is_image_name(p))
+                    .take(limit - found.len()),
+            );
+        } else if is_image_name(&child) {
+            found.push(child);
+        }
+    }
+    found
+}
+
+/// Files the Inspect image list offers (the decoder decides for "Open image…").
+fn is_image_name(path: &Path) -> bool {
+    path.extension().is_some_and(|e| {
+        matches!(
+            e.to_ascii_lowercase().to_str(),
+            Some("jpg" | "jpeg" | "png" | "bmp" | "gif" | "tif" | "tiff" | "webp")
+        )
+    })
 }

@@ -137,7 +137,11 @@ impl SetupPanel {
                     "val_every",
                     "validate every",
                     "extra validation (steps); it always runs after each epoch",
-                    |ui| optional_usize(ui, &mut c.val_every, 100),
+                    |ui| {
+                        optional_number(ui, &mut c.val_every, 100, |v| {
+                            DragValue::new(v).range(1..=10_000_000)
+                        })
+                    },
                 );
                 form.row(
                     ui,
@@ -317,7 +321,11 @@ impl SetupPanel {
                     "optim.max_steps",
                     "max steps",
                     "stop early, same schedule",
-                    |ui| optional_usize(ui, &mut o.max_steps, 100),
+                    |ui| {
+                        optional_number(ui, &mut o.max_steps, 100, |v| {
+                            DragValue::new(v).range(1..=10_000_000)
+                        })
+                    },
                 );
                 form.row(
                     ui,
@@ -356,7 +364,11 @@ impl SetupPanel {
                     "optim.clip_grad_norm",
                     "clip grad norm",
                     "global norm; none = off",
-                    |ui| optional_f64(ui, &mut o.clip_grad_norm, 1.0),
+                    |ui| {
+                        optional_number(ui, &mut o.clip_grad_norm, 1.0, |v| {
+                            DragValue::new(v).speed(0.01)
+                        })
+                    },
                 );
             });
             section(ui, "Probe images (per-epoch heatmaps)", |ui| {
@@ -506,32 +518,18 @@ fn backend_ui(ui: &mut Ui, backend: &mut BackendChoice, detected: &[String]) -> 
     response
 }
 
-fn optional_usize(ui: &mut Ui, value: &mut Option<usize>, default: usize) -> egui::Response {
-    let mut on = value.is_some();
-    let mut response = ui.checkbox(&mut on, "");
-    match (on, value.as_mut()) {
-        (true, Some(v)) => response |= ui.add(DragValue::new(v).range(1..=10_000_000)),
-        (true, None) => *value = Some(default),
-        (false, _) => {
-            *value = None;
-            ui.weak("none");
-        }
-    }
-    response
-}
-
-fn optional_f64(ui: &mut Ui, value: &mut Option<f64>, default: f64) -> egui::Response {
-    let mut on = value.is_some();
-    let mut response = ui.checkbox(&mut on, "");
-    match (on, value.as_mut()) {
-        (true, Some(v)) => response |= ui.add(DragValue::new(v).speed(0.01)),
-        (true, None) => *value = Some(default),
-        (false, _) => {
-            *value = None;
-            ui.weak("none");
-        }
-    }
-    response
+/// An optional number: a checkbox and, when set, its editor.
+fn optional_number<N: egui::emath::Numeric>(
+    ui: &mut Ui,
+    value: &mut Option<N>,
+    default: N,
+    drag: impl FnOnce(&mut N) -> DragValue<'_>,
+) -> egui::Response {
+    let mut edited = None;
+    let response = optional(ui, value, default, "none", |ui, v| {
+        edited = Some(ui.add(drag(v)));
+    });
+    edited.map_or(response.clone(), |e| response | e)
 }
 
 fn pair_ui(ui: &mut Ui, pair: &mut (f64, f64), speed: f64) -> egui::Response {
@@ -662,10 +660,13 @@ fn blocks_ui(ui: &mut Ui, blocks: &mut BlockSelection) -> egui::Response {
 }
 
 /// An optional architecture: a checkbox and, when set, its numbers in a row.
-fn optional_architecture<T: Clone>(
+/// An optional value: a checkbox; when checked, `edit` (starting from `default`), else
+/// `none_text`.
+fn optional<T>(
     ui: &mut Ui,
     value: &mut Option<T>,
     default: T,
+    none_text: &str,
     edit: impl FnOnce(&mut Ui, &mut T),
 ) -> egui::Response {
     let mut on = value.is_some();
@@ -675,11 +676,14 @@ fn optional_architecture<T: Clone>(
         (true, None) => *value = Some(default),
         (false, _) => {
             *value = None;
-            ui.weak("from the weights file");
+            ui.weak(none_text);
         }
     }
     response
 }
+
+/// What an unset architecture means.
+const FROM_WEIGHTS: &str = "from the weights file";
 
 fn usize_field(ui: &mut Ui, label: &str, value: &mut usize) {
     ui.label(label);
@@ -687,22 +691,29 @@ fn usize_field(ui: &mut Ui, label: &str, value: &mut usize) {
 }
 
 fn optional_beit_ui(ui: &mut Ui, value: &mut Option<BeitV2Config>) -> egui::Response {
-    optional_architecture(ui, value, BeitV2Config::vit_base_patch16_224(), |ui, a| {
-        usize_field(ui, "image", &mut a.image_size);
-        usize_field(ui, "patch", &mut a.patch_size);
-        usize_field(ui, "dim", &mut a.embed_dim);
-        usize_field(ui, "depth", &mut a.depth);
-        usize_field(ui, "heads", &mut a.num_heads);
-        usize_field(ui, "mlp", &mut a.mlp_hidden_dim);
-        ui.checkbox(&mut a.shared_rel_pos_bias, "shared rel-pos table");
-    })
+    optional(
+        ui,
+        value,
+        BeitV2Config::vit_base_patch16_224(),
+        FROM_WEIGHTS,
+        |ui, a| {
+            usize_field(ui, "image", &mut a.image_size);
+            usize_field(ui, "patch", &mut a.patch_size);
+            usize_field(ui, "dim", &mut a.embed_dim);
+            usize_field(ui, "depth", &mut a.depth);
+            usize_field(ui, "heads", &mut a.num_heads);
+            usize_field(ui, "mlp", &mut a.mlp_hidden_dim);
+            ui.checkbox(&mut a.shared_rel_pos_bias, "shared rel-pos table");
+        },
+    )
 }
 
 fn optional_data2vec2_ui(ui: &mut Ui, value: &mut Option<Data2Vec2Config>) -> egui::Response {
-    optional_architecture(
+    optional(
         ui,
         value,
         Data2Vec2Config::vit_base_patch16_224(),
+        FROM_WEIGHTS,
         |ui, a| {
             usize_field(ui, "image", &mut a.image_size);
             usize_field(ui, "patch", &mut a.patch_size);

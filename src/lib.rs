@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod distill;
+pub mod eval;
 pub mod inspect;
 pub mod model;
 pub mod weights;

@@ -1,5 +1,6 @@
 //! The command line: clap definitions and the headless commands.
 
+mod eval;
 mod export;
 mod features;
 mod heatmap;
@@ -44,6 +45,9 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Write the per-patch similarity and error maps and PCA views of images, with their values.
     Heatmap(heatmap::HeatmapArgs),
+    /// Judge a student's (or the teacher's) frozen features by k-NN or a linear probe on
+    /// labelled images (folders, CIFAR-10/100).
+    Eval(eval::EvalArgs),
     /// Write a run's student in data2vec 2.0 (fairseq) key names.
     Export(export::ExportArgs),
 }
@@ -68,6 +72,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Inspect(args)) => inspect::run(args),
         Some(Command::Train(args)) => train::run(args, select_backend(cli.backend)?),
         Some(Command::Export(args)) => export::run(args),
+        Some(Command::Eval(args)) => eval::run(args, select_backend(cli.backend)?),
         Some(Command::Heatmap(args)) => heatmap::run(args, select_backend(cli.backend)?),
     }
 }

@@ -12,17 +12,18 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::folder::ImageFolder;
-use super::image_file::decode_rgb;
+use super::source::ImageSource;
 
 /// Turns a decoded image into `[3, S, S]` normalised pixels.
 pub type Transform = Arc<dyn Fn(&RgbImage, &mut ChaCha8Rng) -> Vec<f32> + Send + Sync>;
 
-/// One batch, `[len, 3, S, S]` flattened, plus the files that could not be used.
+/// One batch, `[len, 3, S, S]` flattened, the class of each image in it, plus the files that
+/// could not be used.
 #[derive(Debug)]
 pub struct Batch {
     pub index: usize,
     pub pixels: Vec<f32>,
+    pub labels: Vec<usize>,
     pub len: usize,
     pub skipped: Vec<(PathBuf, String)>,
 }
@@ -66,7 +67,7 @@ pub struct LoaderSettings {
 
 /// Streams the batches `first_batch..` of one epoch; dropping the receiver stops the workers.
 pub fn spawn_epoch(
-    folder: Arc<ImageFolder>,
+    source: Arc<dyn ImageSource>,
     order: Vec<usize>,
     first_batch: usize,
     epoch: usize,
@@ -85,14 +86,14 @@ pub fn spawn_epoch(
     let receivers = (0..workers)
         .map(|w| {
             let (tx, rx) = bounded::<Batch>(capacity);
-            let (folder, order, transform) = (folder.clone(), order.clone(), transform.clone());
+            let (source, order, transform) = (source.clone(), order.clone(), transform.clone());
             let (batch_size, seed) = (settings.batch_size, settings.seed);
             std::thread::spawn(move || {
                 for index in (first_batch..batches).skip(w).step_by(workers) {
                     let start = index * batch_size;
                     let end = (start + batch_size).min(order.len());
                     let batch =
-                        make_batch(&folder, &order, start..end, index, epoch, seed, &transform);
+                        make_batch(&*source, &order, start..end, index, epoch, seed, &transform);
                     if tx.send(batch).is_err() {
                         return;
                     }
@@ -110,7 +111,7 @@ pub fn spawn_epoch(
 }
 
 fn make_batch(
-    folder: &ImageFolder,
+    source: &dyn ImageSource,
     order: &[usize],
     positions: std::ops::Range<usize>,
     index: usize,
@@ -119,24 +120,25 @@ fn make_batch(
     transform: &Transform,
 ) -> Batch {
     let mut pixels = Vec::new();
+    let mut labels = Vec::new();
     let mut skipped = Vec::new();
-    let mut len = 0;
     for position in positions {
-        let entry = &folder.entries[order[position]];
-        match decode_rgb(&entry.path) {
+        let sample = order[position];
+        match source.load(sample) {
             Ok(img) => {
                 let mut rng =
                     ChaCha8Rng::seed_from_u64(mix_seed(&[seed, epoch as u64, position as u64, 2]));
                 pixels.extend(transform(&img, &mut rng));
-                len += 1;
+                labels.push(source.label(sample));
             }
-            Err(e) => skipped.push((entry.path.clone(), e.message)),
+            Err(e) => skipped.push((e.path, e.message)),
         }
     }
     Batch {
         index,
         pixels,
-        len,
+        len: labels.len(),
+        labels,
         skipped,
     }
 }

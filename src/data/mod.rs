@@ -1,11 +1,14 @@
 //! Images in: folders, decoding, the reference transforms, batching on worker threads.
 
+pub mod cifar;
 pub mod folder;
 pub mod image_file;
 pub mod loader;
 pub mod resize;
+pub mod source;
 pub mod transform;
 
 pub use folder::ImageFolder;
+pub use source::ImageSource;
 pub use image_file::decode_rgb;
 pub use transform::{normalize, train_transform, validation_transform};

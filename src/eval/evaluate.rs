@@ -1,0 +1,252 @@
+//! One evaluation from start to finish, for the command line and the app alike: open the
+//! labelled data, then for each model load it, get its features (cache or forward passes), run
+//! k-NN or the linear probe, score and write the result.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+
+use super::dataset::LabelledData;
+use super::features::{Extraction, FeatureCache, FeatureSet};
+use super::knn::knn_rankings;
+use super::linear::{EpochLine, train_probe};
+use super::metrics::score;
+use super::model::{LoadedModel, ModelSpec, Role};
+use super::report::EvalResult;
+use super::settings::{EvalConfig, Method};
+use crate::data::ImageSource;
+
+pub struct EvalRequest {
+    pub method: Method,
+    /// Evaluated in this order (the student first, then the teacher beside it).
+    pub models: Vec<ModelSpec>,
+    pub config: EvalConfig,
+    /// Results go to `<out_dir>/eval/`, cached features to `<out_dir>/eval/features/`.
+    pub out_dir: PathBuf,
+    /// Named in the results.
+    pub backend: String,
+}
+
+/// What an evaluation reports while it works.
+#[derive(Debug, Clone)]
+pub enum EvalEvent {
+    /// A line worth showing (what is being done, a warning).
+    Note(String),
+    /// An image that could not be decoded; it is left out.
+    Skipped { path: PathBuf, reason: String },
+    /// Progress of the current stage.
+    Progress {
+        stage: String,
+        done: usize,
+        total: usize,
+    },
+    /// A linear-probe epoch finished.
+    Epoch { model: Role, line: EpochLine },
+    /// A model's result, already written to its file.
+    Finished { result: Box<EvalResult>, file: PathBuf },
+}
+
+pub fn evaluate<B: AutodiffBackend>(
+    request: &EvalRequest,
+    device: &B::Device,
+    stop: &AtomicBool,
+    on_event: &mut dyn FnMut(EvalEvent),
+) -> anyhow::Result<Vec<EvalResult>> {
+    let config = &request.config;
+    let train_path = config.train.as_deref().ok_or_else(|| {
+        anyhow::anyhow!("no training images: give --train (or train: in the eval config)")
+    })?;
+    let data = LabelledData::open(config.dataset, train_path, config.val.as_deref())?;
+    for warning in &data.warnings {
+        on_event(EvalEvent::Note(format!("warning: {warning}")));
+    }
+    on_event(EvalEvent::Note(format!(
+        "{} training and {} validation images in {} classes",
+        data.train.len(),
+        data.val.len(),
+        data.classes.len()
+    )));
+    let cache = FeatureCache {
+        dir: request.out_dir.join("eval").join("features"),
+    };
+    let mut results = Vec::new();
+    for spec in &request.models {
+        let started = Instant::now();
+        let model = spec.load::<B::InnerBackend>(device)?;
+        let role = model.role;
+        on_event(EvalEvent::Note(format!(
+            "{}: {} ({})",
+            role.name(),
+            model.source,
+            request.method.name()
+        )));
+        let (train, train_cached) = features_of(
+            &model,
+            data.train.clone(),
+            "training",
+            request,
+            &cache,
+            device,
+            stop,
+            on_event,
+        )?;
+        let (val, val_cached) = features_of(
+            &model,
+            data.val.clone(),
+            "validation",
+            request,
+            &cache,
+            device,
+            stop,
+            on_event,
+        )?;
+        drop(model);
+        let classes = data.classes.len();
+        let (rankings, history) = match request.method {
+            Method::Knn => {
+                let stage = format!("{}: nearest neighbours", role.name());
+                let rankings = knn_rankings::<B::InnerBackend>(
+                    &train,
+                    &val,
+                    classes,
+                    &config.knn,
+                    device,
+                    stop,
+                    &mut |done, total| {
+                        on_event(EvalEvent::Progress {
+                            stage: stage.clone(),
+                            done,
+                            total,
+                        })
+                    },
+                )?;
+                (rankings, Vec::new())
+            }
+            Method::Linear => {
+                let probed = train_probe::<B>(
+                    &train,
+                    &val,
+                    classes,
+                    &config.linear,
+                    device,
+                    stop,
+                    &mut |line| on_event(EvalEvent::Epoch { model: role, line: *line }),
+                )?;
+                (probed.rankings, probed.history)
+            }
+        };
+        let scores = score(&rankings, &val.labels, classes);
+        let result = EvalResult {
+            method: request.method,
+            model: role,
+            weights: spec_source(spec),
+            dataset: data.kind,
+            train: data.train_path.clone(),
+            val: data.val_path.clone(),
+            classes,
+            train_images: train.len(),
+            val_images: val.len(),
+            skipped_images: train.skipped.len() + val.skipped.len(),
+            pooling: config.pooling,
+            feature_dim: train.dim,
+            top1: scores.top1,
+            top5: scores.top5,
+            knn: (request.method == Method::Knn).then_some(config.knn),
+            linear: (request.method == Method::Linear).then_some(config.linear),
+            history,
+            backend: request.backend.clone(),
+            seconds: started.elapsed().as_secs_f64(),
+            features_cached: train_cached && val_cached,
+            class_names: data.classes.clone(),
+            confusion: scores.confusion,
+        };
+        let file = result.write(&request.out_dir)?;
+        on_event(EvalEvent::Finished {
+            result: Box::new(result.clone()),
+            file,
+        });
+        results.push(result);
+    }
+    Ok(results)
+}
+
+/// How results name a model: its file, or the random teacher's seed.
+fn spec_source(spec: &ModelSpec) -> String {
+    match spec {
+        ModelSpec::Weights { path, depth: None } => path.display().to_string(),
+        ModelSpec::Weights {
+            path,
+            depth: Some(d),
+        } => format!("{} (depth {d})", path.display()),
+        ModelSpec::RunTeacher(config) => match &config.teacher.weights {
+            Some(path) => path.display().to_string(),
+            None => format!("random teacher (seed {})", config.seed),
+        },
+    }
+}
+
+/// Features of one split from the cache, else extracted (and then cached); `.1` says cached.
+#[allow(clippy::too_many_arguments)]
+fn features_of<B: burn::tensor::backend::Backend>(
+    model: &LoadedModel<B>,
+    source: std::sync::Arc<dyn ImageSource>,
+    split: &str,
+    request: &EvalRequest,
+    cache: &FeatureCache,
+    device: &B::Device,
+    stop: &AtomicBool,
+    on_event: &mut dyn FnMut(EvalEvent),
+) -> anyhow::Result<(FeatureSet, bool)> {
+    let config = &request.config;
+    let n = source.len();
+    let key = format!(
+        "kdlab {}; model {}; pooling {}; image size {}; {} data, {split} split: {} images from {} to {}",
+        env!("CARGO_PKG_VERSION"),
+        model.fingerprint,
+        config.pooling.name(),
+        model.image_size,
+        config.dataset.name(),
+        n,
+        source.origin(0).display(),
+        source.origin(n - 1).display(),
+    );
+    let stage = format!("{}: features of the {split} images", model.role.name());
+    let (set, cached) = match cache.load(&key) {
+        Some(set) => {
+            on_event(EvalEvent::Note(format!("{stage}: from the cache")));
+            (set, true)
+        }
+        None => {
+            let extraction = Extraction {
+                encoder: &model.encoder,
+                image_size: model.image_size,
+                pooling: config.pooling,
+                batch_size: config.batch_size,
+                workers: config.workers,
+                device,
+                stop,
+            };
+            let set = extraction.run(source, &mut |done, total| {
+                on_event(EvalEvent::Progress {
+                    stage: stage.clone(),
+                    done,
+                    total,
+                })
+            })?;
+            if let Err(e) = cache.store(&key, &set) {
+                // A full disk costs the next run a forward pass, not this run its result.
+                on_event(EvalEvent::Note(format!("warning: features not cached: {e:#}")));
+            }
+            (set, false)
+        }
+    };
+    for (path, reason) in &set.skipped {
+        on_event(EvalEvent::Skipped {
+            path: path.clone(),
+            reason: reason.clone(),
+        });
+    }
+    Ok((set, cached))
+}

@@ -1,0 +1,223 @@
+//! What an evaluation does (RON, `configs/eval_*.ron`): the labelled data, how features are
+//! pooled, and the k-NN and linear-probe settings. Command-line flags override the file.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+
+/// k-NN or linear probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Cosine k-nearest neighbours with DINO's temperature-weighted vote; no training.
+    Knn,
+    /// LayerNorm + Linear trained on the frozen features (the thesis' linear evaluation).
+    Linear,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Knn => "knn",
+            Self::Linear => "linear",
+        }
+    }
+}
+
+/// How labelled images are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetKind {
+    /// ImageNet-style folders: `<dir>/<class>/<image>`.
+    #[default]
+    Folder,
+    /// The CIFAR-10 binary release (`data_batch_*.bin`, `test_batch.bin`).
+    Cifar10,
+    /// The CIFAR-100 binary release (`train.bin`, `test.bin`), fine labels.
+    Cifar100,
+}
+
+impl DatasetKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Folder => "folder",
+            Self::Cifar10 => "cifar10",
+            Self::Cifar100 => "cifar100",
+        }
+    }
+}
+
+/// Which tokens of the last hidden state make an image's feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// The mean of the patch tokens, CLS excluded (the thesis' protocol).
+    #[default]
+    MeanPatch,
+    /// The CLS token.
+    Cls,
+}
+
+impl Pooling {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MeanPatch => "mean_patch",
+            Self::Cls => "cls",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KnnSettings {
+    /// Neighbours that vote.
+    pub k: usize,
+    /// Each neighbour votes exp(similarity / temperature) for its class.
+    pub temperature: f64,
+}
+
+impl Default for KnnSettings {
+    /// DINO's `eval_knn.py` defaults (k = 20, T = 0.07).
+    fn default() -> Self {
+        Self {
+            k: 20,
+            temperature: 0.07,
+        }
+    }
+}
+
+/// The probe's training. The thesis names the protocol (mean-pooled patch tokens → LayerNorm →
+/// Linear, only LN + Linear trained) but not these numbers; the defaults are MAE's linear-probe
+/// schedule (90 epochs, 10 of warm-up, no weight decay) with AdamW in place of LARS.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinearSettings {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Peak learning rate (not scaled by the batch size).
+    pub lr: f64,
+    /// Decoupled decay of the Linear's weight matrix only.
+    pub weight_decay: f64,
+    /// Linear warm-up from 0, then cosine to 0 over the remaining epochs.
+    pub warmup_epochs: usize,
+    /// Seeds the head's initialisation and the order of the features.
+    pub seed: u64,
+}
+
+impl Default for LinearSettings {
+    fn default() -> Self {
+        Self {
+            epochs: 90,
+            batch_size: 256,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            warmup_epochs: 10,
+            seed: 0,
+        }
+    }
+}
+
+/// One evaluation set-up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    pub dataset: DatasetKind,
+    /// Training images: a folder of class folders, or the CIFAR release folder (or one `.bin`).
+    pub train: Option<PathBuf>,
+    /// Evaluation images; for CIFAR it defaults to the test split next to `train`.
+    pub val: Option<PathBuf>,
+    pub pooling: Pooling,
+    /// Images per forward pass when extracting features.
+    pub batch_size: usize,
+    /// Threads decoding and resizing images.
+    pub workers: usize,
+    pub knn: KnnSettings,
+    pub linear: LinearSettings,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            dataset: DatasetKind::Folder,
+            train: None,
+            val: None,
+            pooling: Pooling::MeanPatch,
+            batch_size: 64,
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            knn: KnnSettings::default(),
+            linear: LinearSettings::default(),
+        }
+    }
+}
+
+impl EvalConfig {
+    /// Reads and parses; relative data paths are resolved against the file's folder when they
+    /// do not exist as given.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config: Self = ron::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            line: e.span.start.line,
+            column: e.span.start.col,
+            message: e.code.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut config.train, &mut config.val].into_iter().flatten() {
+            if p.is_relative() && !p.exists() && base.join(&*p).exists() {
+                *p = base.join(&*p);
+            }
+        }
+        config.validate().map_err(|(field, message)| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Every number that must be positive is; names the field otherwise.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let positive = |field: &'static str, value: usize| {
+            if value == 0 {
+                Err((field, "must be at least 1".to_string()))
+            } else {
+                Ok(())
+            }
+        };
+        positive("batch_size", self.batch_size)?;
+        positive("workers", self.workers)?;
+        positive("knn.k", self.knn.k)?;
+        positive("linear.epochs", self.linear.epochs)?;
+        positive("linear.batch_size", self.linear.batch_size)?;
+        let finite_positive = |field: &'static str, value: f64| {
+            if value.is_finite() && value > 0.0 {
+                Ok(())
+            } else {
+                Err((field, format!("must be a positive number, not {value}")))
+            }
+        };
+        finite_positive("knn.temperature", self.knn.temperature)?;
+        finite_positive("linear.lr", self.linear.lr)?;
+        if !(self.linear.weight_decay.is_finite() && self.linear.weight_decay >= 0.0) {
+            return Err((
+                "linear.weight_decay",
+                format!("must be 0 or more, not {}", self.linear.weight_decay),
+            ));
+        }
+        if self.linear.warmup_epochs >= self.linear.epochs {
+            return Err((
+                "linear.warmup_epochs",
+                format!(
+                    "must be fewer than linear.epochs ({}), not {}",
+                    self.linear.epochs, self.linear.warmup_epochs
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -619,7 +619,7 @@ fn legend_strip(colormap: Colormap) -> RgbImage {
 }
 
 /// `best` when the run has one (lowest validation loss), else its first checkpoint.
-fn preferred(checkpoints: &[PathBuf]) -> Option<PathBuf> {
+pub(super) fn preferred(checkpoints: &[PathBuf]) -> Option<PathBuf> {
     checkpoints
         .iter()
         .find(|c| c.file_stem().is_some_and(|s| s == "best"))
@@ -627,7 +627,7 @@ fn preferred(checkpoints: &[PathBuf]) -> Option<PathBuf> {
         .cloned()
 }
 
-fn checkpoint_labels(runs: &[(PathBuf, Vec<PathBuf>)]) -> Vec<(PathBuf, String)> {
+pub(super) fn checkpoint_labels(runs: &[(PathBuf, Vec<PathBuf>)]) -> Vec<(PathBuf, String)> {
     runs.iter()
         .flat_map(|(run, checkpoints)| {
             checkpoints.iter().map(move |c| {
@@ -640,7 +640,7 @@ fn checkpoint_labels(runs: &[(PathBuf, Vec<PathBuf>)]) -> Vec<(PathBuf, String)>
         .collect()
 }
 
-fn checkpoint_ui(
+pub(super) fn checkpoint_ui(
     ui: &mut Ui,
     id: &str,
     selected: &mut Option<PathBuf>,

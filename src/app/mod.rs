@@ -1,8 +1,10 @@
-//! The desktop app (eframe/egui): Setup, Run and Inspect panels over the same engine as the CLI.
-//! Training and inspection run on worker threads that send messages and wake the UI; the engine
+//! The desktop app (eframe/egui): Setup, Run, Inspect and Evaluate panels over the same engine as
+//! the CLI. Training, inspection and evaluation run on worker threads that send messages and wake the UI; the engine
 //! never imports egui. `KdlabApp::ui` is the whole app, so tests drive exactly what the window
 //! shows.
 
+mod evaluate_job;
+pub mod evaluate_panel;
 mod inspect_job;
 pub mod inspect_panel;
 pub mod run_panel;
@@ -16,6 +18,7 @@ use crossbeam_channel::Receiver;
 
 use crate::backend::{BackendChoice, detect_devices};
 use crate::config::RunConfig;
+pub use evaluate_panel::EvaluatePanel;
 pub use inspect_panel::{InspectPanel, View};
 pub use run_panel::{RunPanel, RunSetup, RunState};
 pub use setup_panel::SetupPanel;
@@ -28,6 +31,7 @@ pub enum Tab {
     Setup,
     Run,
     Inspect,
+    Evaluate,
 }
 
 pub struct KdlabApp {
@@ -35,6 +39,7 @@ pub struct KdlabApp {
     pub setup: SetupPanel,
     pub run: RunPanel,
     pub inspect: InspectPanel,
+    pub evaluate: EvaluatePanel,
     devices: Option<Receiver<Vec<String>>>,
 }
 
@@ -49,11 +54,14 @@ impl KdlabApp {
         let setup = SetupPanel::new(config, path, Vec::new());
         let mut inspect = InspectPanel::default();
         inspect.refresh(&setup.config, &setup.runs_dir);
+        let mut evaluate = EvaluatePanel::default();
+        evaluate.refresh(&setup.runs_dir);
         Self {
             tab: Tab::Setup,
             setup,
             run: RunPanel::default(),
             inspect,
+            evaluate,
             devices: Some(receiver),
         }
     }
@@ -94,12 +102,16 @@ impl KdlabApp {
                     (Tab::Setup, "Setup"),
                     (Tab::Run, "Run"),
                     (Tab::Inspect, "Inspect"),
+                    (Tab::Evaluate, "Evaluate"),
                 ] {
                     if ui.selectable_label(self.tab == tab, label).clicked() && self.tab != tab {
                         self.tab = tab;
-                        if tab == Tab::Inspect {
-                            self.inspect
-                                .refresh(&self.setup.config, &self.setup.runs_dir);
+                        match tab {
+                            Tab::Inspect => self
+                                .inspect
+                                .refresh(&self.setup.config, &self.setup.runs_dir),
+                            Tab::Evaluate => self.evaluate.refresh(&self.setup.runs_dir),
+                            Tab::Setup | Tab::Run => {}
                         }
                     }
                 }
@@ -120,6 +132,7 @@ impl KdlabApp {
                 self.run.ui(ui, &setup);
             }
             Tab::Inspect => self.inspect.ui(ui, &self.setup.config, self.setup.backend),
+            Tab::Evaluate => self.evaluate.ui(ui, &self.setup.config, self.setup.backend),
         });
     }
 
@@ -162,6 +175,8 @@ impl KdlabApp {
         self.inspect.checkpoint = None;
         self.inspect.timeline_run = None;
         self.inspect.refresh(&self.setup.config, runs_dir);
+        self.evaluate.checkpoint = None;
+        self.evaluate.refresh(runs_dir);
     }
 
     pub fn set_backend(&mut self, backend: BackendChoice) {

@@ -555,7 +555,7 @@ fn path_label(ui: &mut Ui, path: &Path) -> egui::Response {
     ui.add(egui::Label::new(egui::RichText::new(path.display().to_string()).monospace()).truncate())
 }
 
-fn folder_ui(ui: &mut Ui, folder: &mut PathBuf) -> egui::Response {
+pub(super) fn folder_ui(ui: &mut Ui, folder: &mut PathBuf) -> egui::Response {
     let response = path_edit(ui, folder);
     if ui.button("Choose…").clicked()
         && let Some(picked) = rfd::FileDialog::new()
@@ -567,7 +567,7 @@ fn folder_ui(ui: &mut Ui, folder: &mut PathBuf) -> egui::Response {
     response
 }
 
-fn optional_folder_ui(ui: &mut Ui, folder: &mut Option<PathBuf>) -> egui::Response {
+pub(super) fn optional_folder_ui(ui: &mut Ui, folder: &mut Option<PathBuf>) -> egui::Response {
     let response = match folder {
         Some(path) => path_edit(ui, path),
         None => ui.weak("none"),

@@ -219,9 +219,10 @@ impl OnAutodiffBackend for Eval<'_> {
         let mut stage = String::new();
         let mut on_event = |event: EvalEvent| match event {
             EvalEvent::Note(note) => say(format!("kdlab: {note}")),
-            EvalEvent::Skipped { path, reason } => {
-                say(format!("kdlab: warning: skipped {}: {reason}", path.display()))
-            }
+            EvalEvent::Skipped { path, reason } => say(format!(
+                "kdlab: warning: skipped {}: {reason}",
+                path.display()
+            )),
             EvalEvent::Progress {
                 stage: now,
                 done,

@@ -82,7 +82,12 @@ impl CifarKind {
         let mut files = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
-            if path.is_file() && path.file_name().and_then(|n| n.to_str()).is_some_and(wanted) {
+            if path.is_file()
+                && path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(wanted)
+            {
                 files.push(path);
             }
         }
@@ -158,11 +163,17 @@ impl CifarSet {
             vec![path.to_path_buf()]
         } else {
             let nested = path.join(kind.release_folder());
-            let dir = if nested.is_dir() { nested } else { path.to_path_buf() };
-            let files = kind.split_files(&dir, split).map_err(|source| CifarError::Io {
-                path: dir.clone(),
-                source,
-            })?;
+            let dir = if nested.is_dir() {
+                nested
+            } else {
+                path.to_path_buf()
+            };
+            let files = kind
+                .split_files(&dir, split)
+                .map_err(|source| CifarError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
             if files.is_empty() {
                 return Err(no_files(kind, &dir, split));
             }
@@ -339,15 +350,22 @@ mod tests {
             )
             .unwrap();
         }
-        std::fs::write(release.join("test_batch.bin"), record(CifarKind::Cifar10, 0, [0; 3]))
-            .unwrap();
+        std::fs::write(
+            release.join("test_batch.bin"),
+            record(CifarKind::Cifar10, 0, [0; 3]),
+        )
+        .unwrap();
         let names = "airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n\n";
         std::fs::write(release.join("batches.meta.txt"), names).unwrap();
         // The folder the archive was unpacked in works as well as the release folder.
         let set = CifarSet::open(CifarKind::Cifar10, dir.path(), Split::Train).unwrap();
         assert_eq!((set.len(), set.label(0), set.label(1)), (2, 3, 7));
         assert_eq!(set.classes[3], "cat");
-        assert!(set.origin(1).to_string_lossy().ends_with("data_batch_2.bin#0"));
+        assert!(
+            set.origin(1)
+                .to_string_lossy()
+                .ends_with("data_batch_2.bin#0")
+        );
     }
 
     #[test]

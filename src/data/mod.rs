@@ -9,6 +9,6 @@ pub mod source;
 pub mod transform;
 
 pub use folder::ImageFolder;
-pub use source::ImageSource;
 pub use image_file::decode_rgb;
+pub use source::ImageSource;
 pub use transform::{normalize, train_transform, validation_transform};

@@ -74,7 +74,11 @@ impl LabelledData {
     }
 }
 
-fn open_cifar(kind: CifarKind, train: &Path, val: Option<&Path>) -> Result<LabelledData, DatasetError> {
+fn open_cifar(
+    kind: CifarKind,
+    train: &Path,
+    val: Option<&Path>,
+) -> Result<LabelledData, DatasetError> {
     let val_path = val.unwrap_or(train);
     let train_set = CifarSet::open(kind, train, Split::Train)?;
     let val_set = CifarSet::open(kind, val_path, Split::Test)?;
@@ -211,7 +215,11 @@ mod tests {
         assert_eq!(data.classes, ["ant", "bee", "cat"]);
         assert_eq!(data.val.label(0), 0);
         assert_eq!(data.val.label(1), 2);
-        assert!(data.warnings[0].contains("1 of 3 classes"), "{:?}", data.warnings);
+        assert!(
+            data.warnings[0].contains("1 of 3 classes"),
+            "{:?}",
+            data.warnings
+        );
     }
 
     #[test]

@@ -45,7 +45,10 @@ pub enum EvalEvent {
     /// A linear-probe epoch finished.
     Epoch { model: Role, line: EpochLine },
     /// A model's result, already written to its file.
-    Finished { result: Box<EvalResult>, file: PathBuf },
+    Finished {
+        result: Box<EvalResult>,
+        file: PathBuf,
+    },
 }
 
 pub fn evaluate<B: AutodiffBackend>(
@@ -132,7 +135,12 @@ pub fn evaluate<B: AutodiffBackend>(
                     &config.linear,
                     device,
                     stop,
-                    &mut |line| on_event(EvalEvent::Epoch { model: role, line: *line }),
+                    &mut |line| {
+                        on_event(EvalEvent::Epoch {
+                            model: role,
+                            line: *line,
+                        })
+                    },
                 )?;
                 (probed.rankings, probed.history)
             }
@@ -237,7 +245,9 @@ fn features_of<B: burn::tensor::backend::Backend>(
             })?;
             if let Err(e) = cache.store(&key, &set) {
                 // A full disk costs the next run a forward pass, not this run its result.
-                on_event(EvalEvent::Note(format!("warning: features not cached: {e:#}")));
+                on_event(EvalEvent::Note(format!(
+                    "warning: features not cached: {e:#}"
+                )));
             }
             (set, false)
         }

@@ -36,7 +36,9 @@ impl<B: Backend> LinearProbe<B> {
     /// LayerNorm at identity; the head as MAE's probe (weights N(0, 0.01²), zero bias).
     pub fn new(dim: usize, classes: usize, device: &B::Device) -> Self {
         Self {
-            norm: LayerNormConfig::new(dim).with_epsilon(NORM_EPS).init(device),
+            norm: LayerNormConfig::new(dim)
+                .with_epsilon(NORM_EPS)
+                .init(device),
             head: LinearConfig::new(dim, classes)
                 .with_initializer(Initializer::Normal {
                     mean: 0.0,
@@ -88,8 +90,10 @@ pub fn train_probe<B: AutodiffBackend>(
     B::seed(device, settings.seed);
     let mut probe = LinearProbe::<B>::new(dim, classes, device);
     // The features live on the device once; each batch is gathered there.
-    let features =
-        Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(train.values.clone(), [n, dim]), device);
+    let features = Tensor::<B::InnerBackend, 2>::from_data(
+        TensorData::new(train.values.clone(), [n, dim]),
+        device,
+    );
     let labels = Tensor::<B::InnerBackend, 1, Int>::from_data(
         TensorData::new(train.labels.iter().map(|&l| l as i64).collect(), [n]),
         device,

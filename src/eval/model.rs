@@ -73,11 +73,9 @@ impl ModelSpec {
                     }
                     .load(device);
                 }
-                let architecture = config
-                    .teacher
-                    .architecture
-                    .clone()
-                    .ok_or_else(|| anyhow::anyhow!("the run's teacher has no weights and no architecture"))?;
+                let architecture = config.teacher.architecture.clone().ok_or_else(|| {
+                    anyhow::anyhow!("the run's teacher has no weights and no architecture")
+                })?;
                 // Features are compared in f32 whatever precision the run trained in.
                 let config = RunConfig {
                     precision: Precision::F32,

@@ -172,11 +172,13 @@ impl EvalConfig {
                 *p = base.join(&*p);
             }
         }
-        config.validate().map_err(|(field, message)| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            field,
-            message,
-        })?;
+        config
+            .validate()
+            .map_err(|(field, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field,
+                message,
+            })?;
         Ok(config)
     }
 
@@ -219,5 +221,38 @@ impl EvalConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configs_load() {
+        let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let cifar10 = EvalConfig::load(&configs.join("eval_cifar10_linear.ron")).unwrap();
+        assert_eq!(cifar10.dataset, DatasetKind::Cifar10);
+        assert_eq!(cifar10.pooling, Pooling::MeanPatch);
+        let cifar100 = EvalConfig::load(&configs.join("eval_cifar100_linear.ron")).unwrap();
+        assert_eq!(cifar100.dataset, DatasetKind::Cifar100);
+        let imagenet = EvalConfig::load(&configs.join("eval_imagenet_linear.ron")).unwrap();
+        assert_eq!(imagenet.dataset, DatasetKind::Folder);
+        assert!(imagenet.val.is_some());
+    }
+
+    #[test]
+    fn bad_settings_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.ron");
+        std::fs::write(&path, "(knn: (k: 0))").unwrap();
+        let e = EvalConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("knn.k"), "{e}");
+        std::fs::write(&path, "(linear: (epochs: 5, warmup_epochs: 5))").unwrap();
+        let e = EvalConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("linear.warmup_epochs"), "{e}");
+        std::fs::write(&path, "(dataset: imagenet)").unwrap();
+        let e = EvalConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("e.ron:1:"), "{e}");
     }
 }

@@ -21,7 +21,28 @@ run=$(ls -td "$runs"/demo-* | head -1)
 "$shot" docs/inspect-pca.png 12 -- "$bin" --backend cpu app --tab inspect --view pca
 "$shot" docs/inspect-timeline.png 8 -- "$bin" --backend cpu app --tab inspect --view timeline
 
-# 3. The same pictures from the command line.
+# 3. Evaluate: k-NN and the linear probe of the run's student and its (random) teacher on a small
+# labelled set made from the sample photos (class = photo, images = 96×96 crops of it).
+data=$runs/photo-crops
+rm -rf "$data"
+RANDOM=7
+for photo in assets/*.jpg; do
+  class=$(basename "$photo" .jpg)
+  read -r w h < <(identify -format '%w %h\n' "$photo")
+  for i in $(seq 0 11); do
+    split=train; [ "$i" -ge 8 ] && split=val
+    mkdir -p "$data/$split/$class"
+    x=$((RANDOM % (w - 96))); y=$((RANDOM % (h - 96)))
+    convert "$photo" -crop "96x96+$x+$y" +repage "$data/$split/$class/$i.png"
+  done
+done
+for method in knn linear; do
+  "$bin" --no-gui --backend cpu eval "$method" --checkpoint "$run" --teacher \
+    --train "$data/train" --val "$data/val" --epochs 40 --batch-size 16
+done
+"$shot" docs/evaluate.png 8 -- "$bin" --backend cpu app --tab evaluate
+
+# 4. The same pictures from the command line.
 rm -rf docs/heatmap
 "$bin" --no-gui --backend cpu heatmap --config configs/demo.ron --checkpoint "$run" \
   --image assets/chelsea.jpg assets/astronaut.jpg --out docs/heatmap

@@ -145,6 +145,54 @@ impl Selected {
     }
 }
 
+/// Runs `draw` while no other thread of the process draws from burn's random generator, which is
+/// process-wide: the app trains, inspects and evaluates at once, and every model construction
+/// draws (even one whose weights are then loaded). Re-entrant on the same thread.
+pub fn with_generator<T>(draw: impl FnOnce() -> T) -> T {
+    use std::cell::Cell;
+    use std::sync::{Mutex, PoisonError};
+    static GENERATOR: Mutex<()> = Mutex::new(());
+    thread_local!(static HELD: Cell<bool> = const { Cell::new(false) });
+    if HELD.get() {
+        return draw();
+    }
+    let _only_us = GENERATOR.lock().unwrap_or_else(PoisonError::into_inner);
+    struct Release;
+    impl Drop for Release {
+        fn drop(&mut self) {
+            HELD.set(false);
+        }
+    }
+    HELD.set(true);
+    let _release = Release;
+    draw()
+}
+
+/// Seeds the backend's random generator and runs `init` under `with_generator`, so that a random
+/// (demo) model depends on the seed only, not on what else the process is doing.
+pub fn seeded<B: Backend, T>(device: &B::Device, seed: u64, init: impl FnOnce() -> T) -> T {
+    with_generator(|| {
+        B::seed(device, seed);
+        init()
+    })
+}
+
+/// Device memory held by burn's memory pools on `selected` (what it reserved; pools keep it, so
+/// after a workload this is its peak). None for the CPU backend.
+pub fn reserved_memory_bytes(selected: &Selected) -> Option<u64> {
+    use burn::cubecl::Runtime;
+    let usage = match selected {
+        Selected::Cuda { ordinal, .. } => {
+            burn::cubecl::cuda::CudaRuntime::client(&CudaDevice::new(*ordinal)).memory_usage()
+        }
+        Selected::Wgpu { .. } => {
+            burn::cubecl::wgpu::WgpuRuntime::client(&WgpuDevice::DefaultDevice).memory_usage()
+        }
+        Selected::Cpu => return None,
+    };
+    usage.ok().map(|u| u.bytes_reserved)
+}
+
 /// Every device kdlab could use here, one line each, for the app's backend picker.
 pub fn detect_devices() -> Vec<String> {
     let mut found = Vec::new();

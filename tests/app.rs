@@ -1,10 +1,13 @@
 //! The desktop app driven through egui_kittest with the same `KdlabApp::ui` the window calls:
 //! editing a field shows its validation, the demo run gets curve points and pauses, and Inspect
-//! shows an asset's heat map and PCA views. Snapshots are in tests/snapshots/ (regenerate with
+//! shows an asset's heat map and PCA views, Evaluate puts a run's student and teacher side by side.
+//! Snapshots are in tests/snapshots/ (regenerate with
 //! `UPDATE_SNAPSHOTS=1 cargo test --release --test app`); they render on lavapipe in CI.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+mod common;
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
@@ -161,4 +164,72 @@ fn inspect_shows_an_assets_heat_map_with_hover_and_pca() {
     harness.run();
     harness.get_by_label("teacher");
     harness.snapshot("inspect_pca");
+}
+
+#[test]
+fn evaluate_runs_knn_for_student_and_teacher_and_keeps_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, val) = common::synthetic_folders(&dir.path().join("data"), 6, 3, false);
+    let runs = dir.path().join("runs");
+    // A run of the demo models on the labelled images, two steps long.
+    let config = dir.path().join("demo.ron");
+    let demo = std::fs::read_to_string("configs/demo.ron").unwrap();
+    let demo = demo.replace("train: \"../assets\"", &format!("train: {:?}", train));
+    std::fs::write(&config, demo).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kdlab"))
+        .args([
+            "--no-gui",
+            "--backend",
+            "cpu",
+            "train",
+            "--max-steps",
+            "2",
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--runs-dir")
+        .arg(&runs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut app = demo_app(&runs);
+    app.evaluate.settings.train = Some(train);
+    app.evaluate.settings.val = Some(val);
+    app.evaluate.settings.workers = 2;
+    let mut harness = harness(app);
+    harness.run();
+    harness.get_by_label("Evaluate").click();
+    harness.run();
+    let checkpoint = harness.state().evaluate.checkpoint.clone();
+    assert!(
+        checkpoint.as_ref().is_some_and(|c| c.starts_with(&runs)),
+        "the newest run's checkpoint is chosen: {checkpoint:?}"
+    );
+    harness.get_by_label("▶ Evaluate").click();
+    step_until(&mut harness, Duration::from_secs(60), |app| {
+        !app.evaluate.is_busy() && app.evaluate.results.len() == 2
+    });
+    let state = harness.state();
+    assert_eq!(state.evaluate.error, None);
+    let roles: Vec<&str> = state
+        .evaluate
+        .results
+        .iter()
+        .map(|r| r.model.name())
+        .collect();
+    assert_eq!(roles, ["student", "teacher"]);
+    // The form's "teacher" row and the table's teacher row.
+    assert_eq!(harness.get_all_by_label("teacher").count(), 2);
+    harness.get_by_label("top-1");
+    harness.get_by_label_contains("confusion");
+
+    // A new app on the same runs shows the saved results of the run.
+    let mut reopened = demo_app(&runs);
+    reopened.evaluate.refresh(&runs);
+    assert_eq!(reopened.evaluate.results.len(), 2);
 }

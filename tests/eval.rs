@@ -9,59 +9,12 @@ use std::process::{Command, Output};
 use std::sync::atomic::AtomicBool;
 
 use burn::backend::{Autodiff, Flex};
-use common::fixture;
-use image::{Rgb, RgbImage};
+use common::{fixture, synthetic_folders, synthetic_image};
+use image::RgbImage;
 use kdlab::eval::settings::{KnnSettings, LinearSettings};
 use kdlab::eval::{DatasetKind, EvalConfig, EvalRequest, EvalResult, Method, ModelSpec, evaluate};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-
-const CLASSES: [&str; 4] = ["blue", "green", "red", "stripes"];
-
-/// A side×side image of `kind`: a noisy solid colour, or noisy black-and-white vertical stripes.
-fn synthetic_image(kind: usize, side: u32, rng: &mut ChaCha8Rng) -> RgbImage {
-    let brightness = rng.random_range(0.6..1.0);
-    let phase = rng.random_range(0..4);
-    RgbImage::from_fn(side, side, |x, _| {
-        let mut noise = || rng.random_range(-30i32..30);
-        let base: [f32; 3] = match kind {
-            0 => [30.0, 40.0, 220.0],
-            1 => [40.0, 200.0, 50.0],
-            2 => [210.0, 40.0, 30.0],
-            _ if (x + phase) % 4 < 2 => [230.0; 3],
-            _ => [20.0; 3],
-        };
-        Rgb(base.map(|v| ((v * brightness) as i32 + noise()).clamp(0, 255) as u8))
-    })
-}
-
-/// `<root>/{train,val}/<class>/NN.png`; with `shuffled`, the folder an image lands in is drawn
-/// independently of what it shows.
-fn synthetic_folders(
-    root: &Path,
-    train_per_class: usize,
-    val_per_class: usize,
-    shuffled: bool,
-) -> (PathBuf, PathBuf) {
-    let mut rng = ChaCha8Rng::seed_from_u64(if shuffled { 11 } else { 5 });
-    for (split, per_class) in [("train", train_per_class), ("val", val_per_class)] {
-        for (kind, _) in CLASSES.iter().enumerate() {
-            for i in 0..per_class {
-                let label = if shuffled {
-                    rng.random_range(0..CLASSES.len())
-                } else {
-                    kind
-                };
-                let dir = root.join(split).join(CLASSES[label]);
-                std::fs::create_dir_all(&dir).unwrap();
-                synthetic_image(kind, 24, &mut rng)
-                    .save(dir.join(format!("{kind}-{i:02}.png")))
-                    .unwrap();
-            }
-        }
-    }
-    (root.join("train"), root.join("val"))
-}
 
 fn settings(train: PathBuf, val: Option<PathBuf>) -> EvalConfig {
     EvalConfig {
@@ -413,4 +366,41 @@ fn bad_inputs_are_named() {
         stderr(&out)
     );
     assert!(!stderr(&out).contains("panicked"));
+}
+
+/// The votes of DINO's `knn_classifier` on random features (tests/fixtures/knn_dino.py): the
+/// same classes in the same order for every validation feature.
+#[test]
+fn knn_ranks_classes_as_dinos_classifier_votes() {
+    let fixture = common::read_all(&fixture("knn_dino.safetensors"));
+    let rows = |name: &str| common::to_f32(&fixture[name]);
+    let set = |features: &str, labels: &str| kdlab::eval::features::FeatureSet {
+        dim: fixture[features].shape[1],
+        values: rows(features),
+        labels: rows(labels).into_iter().map(|l| l as usize).collect(),
+        skipped: Vec::new(),
+    };
+    let (train, val) = (
+        set("train_features", "train_labels"),
+        set("val_features", "val_labels"),
+    );
+    let classes = 12;
+    let expected: Vec<Vec<usize>> = rows("votes")
+        .chunks(classes)
+        .map(|votes| kdlab::eval::metrics::rank_classes(votes, 5))
+        .collect();
+    let rankings = kdlab::eval::knn::knn_rankings::<Flex>(
+        &train,
+        &val,
+        classes,
+        &KnnSettings {
+            k: 20,
+            temperature: 0.07,
+        },
+        &Default::default(),
+        &AtomicBool::new(false),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(rankings, expected);
 }

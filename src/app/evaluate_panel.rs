@@ -13,6 +13,7 @@ use super::setup_panel::{folder_ui, optional_folder_ui};
 use super::timeline;
 use crate::backend::BackendChoice;
 use crate::config::RunConfig;
+use crate::distill::run_dir::run_of_checkpoint as run_of;
 use crate::eval::report::EvalResult;
 use crate::eval::{DatasetKind, EvalConfig, EvalEvent, EvalRequest, Method, ModelSpec, Pooling};
 use crate::inspect::colormap::{Colormap, ValueRange, colours};
@@ -60,11 +61,6 @@ impl Default for EvaluatePanel {
     }
 }
 
-/// The run directory of a checkpoint in `<run>/checkpoints/`.
-fn run_of(checkpoint: &Path) -> Option<PathBuf> {
-    timeline::run_of_checkpoint(checkpoint)
-}
-
 /// The results saved in `<run>/eval/*.json`, in file-name order.
 pub fn saved_results(run: &Path) -> Vec<EvalResult> {
     let Ok(entries) = std::fs::read_dir(run.join("eval")) else {
@@ -103,29 +99,41 @@ impl EvaluatePanel {
             self.results = run.as_deref().map(saved_results).unwrap_or_default();
             self.selected = self.results.len().checked_sub(1);
             self.results_of = run;
+            // Nothing chosen yet: start from the data of the run's last evaluation.
+            if self.settings.train.is_none()
+                && let Some(last) = self.results.last()
+            {
+                self.settings.dataset = last.dataset;
+                self.settings.train = Some(last.train.clone());
+                self.settings.val = Some(last.val.clone());
+            }
         }
     }
 
-    /// What would be evaluated, or why nothing can be.
-    pub fn request(&self, setup_config: &RunConfig) -> Result<EvalRequest, String> {
-        let checkpoint = self
-            .checkpoint
-            .clone()
-            .ok_or("choose a student checkpoint (train a run first, or Open… a file)")?;
-        if self
-            .settings
-            .train
-            .as_ref()
-            .is_none_or(|p| p.as_os_str().is_empty())
-        {
-            return Err("choose the training images".into());
+    /// Why nothing can be evaluated yet (checked every frame, so it touches no file).
+    pub fn problem(&self) -> Option<String> {
+        if self.checkpoint.is_none() {
+            return Some("choose a student checkpoint (train a run first, or Open… a file)".into());
+        }
+        if self.settings.train.is_none() {
+            return Some("choose the training images".into());
         }
         if self.settings.dataset == DatasetKind::Folder && self.settings.val.is_none() {
-            return Err("choose the validation images (a folder of class folders)".into());
+            return Some("choose the validation images (a folder of class folders)".into());
         }
         self.settings
             .validate()
-            .map_err(|(field, message)| format!("{field}: {message}"))?;
+            .err()
+            .map(|(field, message)| format!("{field}: {message}"))
+    }
+
+    /// What Evaluate runs: the student, the teacher of its run (else of the Setup panel's
+    /// config) and where the results go.
+    pub fn request(&self, setup_config: &RunConfig) -> Result<EvalRequest, String> {
+        if let Some(problem) = self.problem() {
+            return Err(problem);
+        }
+        let checkpoint = self.checkpoint.clone().expect("checked by problem()");
         let run = run_of(&checkpoint);
         let mut models = vec![ModelSpec::Weights {
             path: checkpoint.clone(),
@@ -214,7 +222,7 @@ impl EvaluatePanel {
             }
             EvalEvent::Finished { result, file } => {
                 self.say(format!(
-                    "{} {}: top-1 {:.2}%, top-5 {:.2}% → {}",
+                    "{} {}: top-1 {:.2}%, top-5 {:.2}%, written to {}",
                     result.model.name(),
                     result.method.name(),
                     100.0 * result.top1,
@@ -356,12 +364,12 @@ impl EvaluatePanel {
     fn actions_ui(&mut self, ui: &mut Ui, setup_config: &RunConfig, backend: BackendChoice) {
         ui.horizontal(|ui| {
             if self.job.is_none() {
-                let ready = self.request(setup_config);
-                let button = ui.add_enabled(ready.is_ok(), egui::Button::new("▶ Evaluate"));
+                let problem = self.problem();
+                let button = ui.add_enabled(problem.is_none(), egui::Button::new("▶ Evaluate"));
                 if button.clicked() {
                     self.start(setup_config, backend, ui.ctx());
                 }
-                if let Err(why) = ready {
+                if let Some(why) = problem {
                     ui.weak(why);
                 }
                 if ui.button("Load settings…").clicked()
@@ -539,6 +547,7 @@ impl EvaluatePanel {
                     .fit_to_exact_size(Vec2::splat(side))
                     .sense(Sense::hover()),
             );
+            ui.weak("colour: share of the true class's images, 0 (dark) to 1 (yellow)");
             if let Some(pos) = response.hover_pos() {
                 let cell = |v: f32| (((v / side) * n as f32) as usize).min(n - 1);
                 let (p, t) = (
@@ -553,7 +562,7 @@ impl EvaluatePanel {
                         .unwrap_or_else(|| c.to_string())
                 };
                 response.on_hover_text(format!(
-                    "true {} → predicted {}: {} images{}",
+                    "true {}, predicted {}: {} images{}",
                     name(t),
                     name(p),
                     confusion.get(t, p),

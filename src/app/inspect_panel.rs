@@ -172,7 +172,7 @@ impl InspectPanel {
             self.timeline_run = self
                 .checkpoint
                 .as_deref()
-                .and_then(timeline::run_of_checkpoint)
+                .and_then(crate::distill::run_dir::run_of_checkpoint)
                 .or_else(|| self.runs.first().map(|(r, _)| r.clone()));
         }
     }

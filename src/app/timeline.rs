@@ -61,13 +61,6 @@ pub fn runs_with_checkpoints(runs_dir: &Path) -> Vec<(PathBuf, Vec<PathBuf>)> {
     runs.into_iter().map(|(_, dir, c)| (dir, c)).collect()
 }
 
-/// The run directory a checkpoint belongs to (`<run>/checkpoints/x.safetensors`).
-pub fn run_of_checkpoint(checkpoint: &Path) -> Option<PathBuf> {
-    let checkpoints = checkpoint.parent()?;
-    (checkpoints.file_name()? == "checkpoints")
-        .then(|| checkpoints.parent().map(Path::to_path_buf))?
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,13 +78,5 @@ mod tests {
         let found: Vec<usize> = epochs(run.path()).into_iter().map(|(e, _)| e).collect();
         assert_eq!(found, vec![0, 2, 10]);
         assert_eq!(probe_stems(&epochs(run.path())[0].1), vec!["00-a", "01-b"]);
-        assert_eq!(
-            run_of_checkpoint(Path::new("runs/x/checkpoints/last.safetensors")),
-            Some(PathBuf::from("runs/x"))
-        );
-        assert_eq!(
-            run_of_checkpoint(Path::new("elsewhere/last.safetensors")),
-            None
-        );
     }
 }

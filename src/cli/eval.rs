@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::backend::{OnAutodiffBackend, Selected};
 use crate::config::RunConfig;
-use crate::distill::run_dir::{checkpoint_in, utc_timestamp};
+use crate::distill::run_dir::{checkpoint_in, run_of_checkpoint, utc_timestamp};
 use crate::eval::report::{json_summary, table};
 use crate::eval::{
     DatasetKind, EvalConfig, EvalEvent, EvalRequest, EvalResult, Method, ModelSpec, Pooling,
@@ -113,13 +113,12 @@ impl EvalArgs {
     }
 }
 
-/// The run directory a checkpoint belongs to (`<run>/checkpoints/<file>`), if it is in one.
+/// The run directory of `--checkpoint` (a run directory, or a checkpoint in one).
 fn run_dir_of(checkpoint: &Path) -> Option<PathBuf> {
     if checkpoint.is_dir() {
         return Some(checkpoint.to_path_buf());
     }
-    let run = checkpoint.parent()?.parent()?;
-    run.join("config.ron").is_file().then(|| run.to_path_buf())
+    run_of_checkpoint(checkpoint)
 }
 
 pub fn run(args: EvalArgs, backend: Selected) -> anyhow::Result<ExitCode> {

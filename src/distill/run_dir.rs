@@ -80,7 +80,6 @@ impl RunDir {
     }
 }
 
-/// `YYYYMMDD-HHMMSS` in UTC, from the system clock (civil-from-days, H. Hinnant).
 /// A checkpoint file as given, or a run directory's `checkpoints/last.safetensors`.
 pub fn checkpoint_in(path: &Path) -> PathBuf {
     if path.is_dir() {
@@ -90,6 +89,14 @@ pub fn checkpoint_in(path: &Path) -> PathBuf {
     }
 }
 
+/// The run directory a checkpoint belongs to (`<run>/checkpoints/x.safetensors`).
+pub fn run_of_checkpoint(checkpoint: &Path) -> Option<PathBuf> {
+    let checkpoints = checkpoint.parent()?;
+    (checkpoints.file_name()? == "checkpoints")
+        .then(|| checkpoints.parent().map(Path::to_path_buf))?
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC, from the system clock (civil-from-days, H. Hinnant).
 pub fn utc_timestamp() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -110,4 +117,21 @@ pub fn utc_timestamp() -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_in_checkpoints_belongs_to_the_run_above() {
+        assert_eq!(
+            run_of_checkpoint(Path::new("runs/x/checkpoints/last.safetensors")),
+            Some(PathBuf::from("runs/x"))
+        );
+        assert_eq!(
+            run_of_checkpoint(Path::new("elsewhere/last.safetensors")),
+            None
+        );
+    }
 }

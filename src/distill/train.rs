@@ -74,7 +74,7 @@ pub struct TrainOptions {
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the loss became {loss} at step {step} (epoch {epoch}); the run stopped and the last good \
+    "the loss became {loss} by step {step} (epoch {epoch}); the run stopped and the last good \
      checkpoint is kept. Lower optim.base_lr, set optim.clip_grad_norm, or use precision f32."
 )]
 pub struct NonFiniteLoss {
@@ -97,9 +97,13 @@ pub fn build_models<B: AutodiffBackend>(
 ) -> anyhow::Result<Models<B>> {
     // Seeded once, teacher first: a random (demo) teacher is the same in every command that
     // builds the models from this config on this backend.
-    B::seed(device, config.seed);
-    let teacher = build_teacher::<B::InnerBackend>(config, device)?;
-    let (student, student_architecture) = build_student::<B>(config, resume_from, device)?;
+    let (teacher, (student, student_architecture)) =
+        crate::backend::seeded::<B, _>(device, config.seed, || {
+            anyhow::Ok((
+                build_teacher::<B::InnerBackend>(config, device)?,
+                build_student::<B>(config, resume_from, device)?,
+            ))
+        })?;
     Ok(Models {
         teacher,
         student,
@@ -210,6 +214,33 @@ pub fn teacher_target<B: Backend>(
 ) -> Tensor<B, 3> {
     let images = images.cast(compute_dtype(precision));
     prepare_target(&teacher.forward(images).layer_results)
+}
+
+/// The KD loss of one batch (f32, left on the device) and the student's gradients of
+/// `loss × grad_scale` — the training step without the optimiser.
+pub fn kd_backward<B: AutodiffBackend>(
+    teacher: &BeitV2<B::InnerBackend>,
+    student: &Data2Vec2<B>,
+    images: Tensor<B::InnerBackend, 4>,
+    precision: Precision,
+    grad_scale: f64,
+) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
+    let target = teacher_target(teacher, images.clone(), precision);
+    student_backward(student, images, target, grad_scale)
+}
+
+/// The student's half of `kd_backward`, against a given target.
+pub fn student_backward<B: AutodiffBackend>(
+    student: &Data2Vec2<B>,
+    images: Tensor<B::InnerBackend, 4>,
+    target: Tensor<B::InnerBackend, 3>,
+    grad_scale: f64,
+) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
+    let prediction = prepare_target(&student.forward(Tensor::from_inner(images)).layer_results);
+    let loss = kd_loss(prediction, Tensor::from_inner(target));
+    let value = loss.clone().inner();
+    let grads = GradientsParams::from_grads(loss.mul_scalar(grad_scale).backward(), student);
+    (value, grads)
 }
 
 /// Training data as the config describes it.
@@ -381,7 +412,7 @@ pub fn train<B: AutodiffBackend>(
     };
     let mut accumulator = GradientsAccumulator::new();
     let mut accumulated = 0usize;
-    let mut loss_sum = 0.0f64;
+    let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
     let mut images_since_log = 0usize;
     let mut since_log = Instant::now();
     let mut loss_log_count = 0usize;
@@ -414,27 +445,21 @@ pub fn train<B: AutodiffBackend>(
                 TensorData::new(batch.pixels, [batch.len, 3, size, size]),
                 device,
             );
-            let target = teacher_target(&teacher, images.clone(), config.precision);
-            let prediction =
-                prepare_target(&student.forward(Tensor::from_inner(images)).layer_results);
-            let loss = kd_loss(prediction, Tensor::from_inner(target));
-            let loss_value = loss.clone().into_scalar().elem::<f64>();
-            if !loss_value.is_finite() {
-                run.log(&format!(
-                    "non-finite loss {loss_value} at step {}",
-                    state.step
-                ));
-                return Err(NonFiniteLoss {
-                    step: state.step,
-                    epoch: state.epoch,
-                    loss: loss_value,
-                }
-                .into());
-            }
-            let grads = (loss / optim.grad_accum_steps as f64).backward();
-            accumulator.accumulate(&student, GradientsParams::from_grads(grads, &student));
+            let (loss, grads) = kd_backward(
+                &teacher,
+                &student,
+                images,
+                config.precision,
+                1.0 / optim.grad_accum_steps as f64,
+            );
+            accumulator.accumulate(&student, grads);
             accumulated += 1;
-            loss_sum += loss_value;
+            // Summed on the device and read at the log points only: reading every step would
+            // make the host wait for the device before it could queue the next step.
+            loss_sum = Some(match loss_sum {
+                Some(sum) => sum + loss,
+                None => loss,
+            });
             loss_log_count += 1;
             images_since_log += batch.len;
             if accumulated < optim.grad_accum_steps {
@@ -449,11 +474,23 @@ pub fn train<B: AutodiffBackend>(
             student = optimizer.step(lr, student, grads);
             state.step += 1;
 
-            if state.step.is_multiple_of(config.log_every) || state.step == max_steps {
+            let stop = options.stop.load(Ordering::SeqCst);
+            let reached_max = state.step >= max_steps && max_steps < total_steps;
+            // Also before every checkpoint, so that a non-finite loss is never saved.
+            if state.step.is_multiple_of(config.log_every)
+                || state.step == max_steps
+                || stop
+                || reached_max
+            {
+                let sum = loss_sum
+                    .take()
+                    .map_or(f64::NAN, |s| s.into_scalar().elem::<f64>());
+                let mean = sum / loss_log_count as f64;
+                ensure_finite(mean, &state, run)?;
                 let line = MetricsLine {
                     step: state.step,
                     epoch: state.epoch,
-                    loss: Some(loss_sum / loss_log_count as f64),
+                    loss: Some(mean),
                     lr: Some(lr),
                     img_per_s: Some(
                         images_since_log as f64 / since_log.elapsed().as_secs_f64().max(1e-9),
@@ -462,8 +499,7 @@ pub fn train<B: AutodiffBackend>(
                 };
                 run.metrics(&line)?;
                 on_event(Event::Step(line));
-                (loss_sum, loss_log_count, images_since_log, since_log) =
-                    (0.0, 0, 0, Instant::now());
+                (loss_log_count, images_since_log, since_log) = (0, 0, Instant::now());
             }
             if config
                 .val_every
@@ -471,8 +507,7 @@ pub fn train<B: AutodiffBackend>(
             {
                 validation.run(&student, &mut state, run, &mut reported, on_event)?;
             }
-            let stop = options.stop.load(Ordering::SeqCst);
-            if stop || (state.step >= max_steps && max_steps < total_steps) {
+            if stop || reached_max {
                 save(&run.last_checkpoint(), &student, &optimizer, &state)?;
                 on_event(Event::CheckpointSaved(run.last_checkpoint()));
                 return Ok(if stop {
@@ -482,7 +517,10 @@ pub fn train<B: AutodiffBackend>(
                 });
             }
         }
-        // End of epoch: validate, keep the best, save.
+        // End of epoch: validate, keep the best, save — never a student that met a non-finite loss.
+        if let Some(sum) = &loss_sum {
+            ensure_finite(sum.clone().into_scalar().elem::<f64>(), &state, run)?;
+        }
         let improved = validation.run(&student, &mut state, run, &mut reported, on_event)?;
         state.epoch += 1;
         state.batch_in_epoch = 0;
@@ -495,6 +533,22 @@ pub fn train<B: AutodiffBackend>(
         }
     }
     Ok(Outcome::Completed)
+}
+
+/// Stops the run (logged) when the losses since the last check were not all finite.
+fn ensure_finite(loss: f64, state: &TrainState, run: &mut RunDir) -> Result<(), NonFiniteLoss> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    run.log(&format!(
+        "non-finite loss {loss} in the steps up to {}",
+        state.step
+    ));
+    Err(NonFiniteLoss {
+        step: state.step,
+        epoch: state.epoch,
+        loss,
+    })
 }
 
 /// Device failures surface as panics inside burn; out of memory gets an actionable message.

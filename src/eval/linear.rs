@@ -87,8 +87,9 @@ pub fn train_probe<B: AutodiffBackend>(
         val.dim
     );
     let (n, dim) = (train.len(), train.dim);
-    B::seed(device, settings.seed);
-    let mut probe = LinearProbe::<B>::new(dim, classes, device);
+    let mut probe = crate::backend::seeded::<B, _>(device, settings.seed, || {
+        LinearProbe::<B>::new(dim, classes, device)
+    });
     // The features live on the device once; each batch is gathered there.
     let features = Tensor::<B::InnerBackend, 2>::from_data(
         TensorData::new(train.values.clone(), [n, dim]),

@@ -82,8 +82,9 @@ impl ModelSpec {
                     ..(**config).clone()
                 };
                 // Seeded as training seeds it, so this is the very teacher the run distilled.
-                B::seed(device, config.seed);
-                let teacher = crate::distill::train::build_teacher::<B>(&config, device)?;
+                let teacher = crate::backend::seeded::<B, _>(device, config.seed, || {
+                    crate::distill::train::build_teacher::<B>(&config, device)
+                })?;
                 Ok(LoadedModel {
                     encoder: Encoder::BeitV2(teacher),
                     role: Role::Teacher,

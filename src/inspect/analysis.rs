@@ -150,10 +150,13 @@ impl<B: Backend> InspectedPair<B> {
         checkpoint: Option<&Path>,
         device: &B::Device,
     ) -> anyhow::Result<Self> {
-        B::seed(device, config.seed);
-        let teacher = crate::distill::train::build_teacher::<B>(config, device)?;
-        let (student, architecture) =
-            crate::distill::train::build_student::<B>(config, checkpoint, device)?;
+        let (teacher, (student, architecture)) =
+            crate::backend::seeded::<B, _>(device, config.seed, || {
+                anyhow::Ok((
+                    crate::distill::train::build_teacher::<B>(config, device)?,
+                    crate::distill::train::build_student::<B>(config, checkpoint, device)?,
+                ))
+            })?;
         let crate::weights::Architecture::Data2Vec2(student_config) = &architecture else {
             anyhow::bail!("the student is not a data2vec 2.0 model");
         };

@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, TensorData};
+use image::{Rgb, RgbImage};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -92,4 +95,51 @@ pub fn raw_tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<u8>, safetensors
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+pub const CLASSES: [&str; 4] = ["blue", "green", "red", "stripes"];
+
+/// A side×side image of `kind`: a noisy solid colour, or noisy black-and-white vertical stripes.
+pub fn synthetic_image(kind: usize, side: u32, rng: &mut ChaCha8Rng) -> RgbImage {
+    let brightness = rng.random_range(0.6..1.0);
+    let phase = rng.random_range(0..4);
+    RgbImage::from_fn(side, side, |x, _| {
+        let mut noise = || rng.random_range(-30i32..30);
+        let base: [f32; 3] = match kind {
+            0 => [30.0, 40.0, 220.0],
+            1 => [40.0, 200.0, 50.0],
+            2 => [210.0, 40.0, 30.0],
+            _ if (x + phase) % 4 < 2 => [230.0; 3],
+            _ => [20.0; 3],
+        };
+        Rgb(base.map(|v| ((v * brightness) as i32 + noise()).clamp(0, 255) as u8))
+    })
+}
+
+/// `<root>/{train,val}/<class>/NN.png`; with `shuffled`, the folder an image lands in is drawn
+/// independently of what it shows.
+pub fn synthetic_folders(
+    root: &Path,
+    train_per_class: usize,
+    val_per_class: usize,
+    shuffled: bool,
+) -> (PathBuf, PathBuf) {
+    let mut rng = ChaCha8Rng::seed_from_u64(if shuffled { 11 } else { 5 });
+    for (split, per_class) in [("train", train_per_class), ("val", val_per_class)] {
+        for (kind, _) in CLASSES.iter().enumerate() {
+            for i in 0..per_class {
+                let label = if shuffled {
+                    rng.random_range(0..CLASSES.len())
+                } else {
+                    kind
+                };
+                let dir = root.join(split).join(CLASSES[label]);
+                std::fs::create_dir_all(&dir).unwrap();
+                synthetic_image(kind, 24, &mut rng)
+                    .save(dir.join(format!("{kind}-{i:02}.png")))
+                    .unwrap();
+            }
+        }
+    }
+    (root.join("train"), root.join("val"))
 }

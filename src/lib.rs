@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;

@@ -485,3 +485,52 @@ fn heatmap_command_matches_the_probe_maps_and_the_validation_loss() {
     assert!(String::from_utf8_lossy(&result.stderr).contains("not-an-image.jpg"));
     assert!(!dir.path().join("none").exists());
 }
+
+#[test]
+fn bench_reports_every_measurement_as_one_json_line() {
+    let out = kdlab(&[
+        "--no-gui",
+        "--backend",
+        "cpu",
+        "bench",
+        "--config",
+        "configs/demo.ron",
+        "--batch",
+        "2",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--workers",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(report["tool"], "kdlab");
+    assert_eq!(
+        (report["batch"].as_u64(), report["steps"].as_u64()),
+        (Some(2), Some(2))
+    );
+    for key in [
+        "kd_step_img_s",
+        "teacher_forward_img_s",
+        "student_step_img_s",
+        "data_img_s",
+        "kd_step_tflop_s",
+    ] {
+        let value = report[key].as_f64().unwrap_or(f64::NAN);
+        assert!(value.is_finite() && value > 0.0, "{key}: {}", report[key]);
+    }
+    // The demo models: 4 teacher blocks, 1 + 2 student blocks on 65 tokens of width 64.
+    let gflop = report["kd_step_gflop_per_image"].as_f64().unwrap();
+    assert!(gflop > 0.0 && gflop < 1.0, "{gflop}");
+    assert!(
+        report["peak_memory_mb"].is_null(),
+        "the CPU backend reports no device memory"
+    );
+}

@@ -1,5 +1,6 @@
 //! The command line: clap definitions and the headless commands.
 
+mod bench;
 mod eval;
 mod export;
 mod features;
@@ -48,6 +49,9 @@ pub enum Command {
     /// Judge a student's (or the teacher's) frozen features by k-NN or a linear probe on
     /// labelled images (folders, CIFAR-10/100).
     Eval(eval::EvalArgs),
+    /// Images per second of the KD step, the teacher forward, the student step and the data
+    /// pipeline, and the device memory (compare with bench/reference.py).
+    Bench(bench::BenchArgs),
     /// Write a run's student in data2vec 2.0 (fairseq) key names.
     Export(export::ExportArgs),
 }
@@ -73,6 +77,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Train(args)) => train::run(args, select_backend(cli.backend)?),
         Some(Command::Export(args)) => export::run(args),
         Some(Command::Eval(args)) => eval::run(args, select_backend(cli.backend)?),
+        Some(Command::Bench(args)) => bench::run(args, select_backend(cli.backend)?),
         Some(Command::Heatmap(args)) => heatmap::run(args, select_backend(cli.backend)?),
     }
 }

@@ -1,0 +1,237 @@
+//! `kdlab bench`: images per second of the distillation's parts, measured the way
+//! `bench/reference.py` measures PyTorch, printed as the same JSON so that `bench/compare.sh`
+//! can divide one by the other.
+//!
+//! Each measurement runs `warmup` steps, synchronises the device, runs `steps` steps and
+//! synchronises again; the time between the two synchronisations is what counts.
+
+pub mod flops;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, ElementConversion, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Precision, RunConfig};
+use crate::data::loader::{LoaderSettings, Transform, epoch_order, spawn_epoch};
+use crate::data::{ImageFolder, train_transform};
+use crate::distill::optim::{AdamW, AdamWSettings};
+use crate::distill::train::{Models, build_models, kd_backward, student_backward, teacher_target};
+use crate::model::{BeitV2Config, BlockSelection, Data2Vec2Config};
+use crate::weights::Architecture;
+
+#[derive(Debug, Clone)]
+pub struct BenchSettings {
+    pub batch: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    pub precision: Precision,
+    /// Images for the data-pipeline measurement (None: skip it).
+    pub data: Option<PathBuf>,
+    pub workers: usize,
+    /// How many images the data measurement reads (the folder is repeated to reach it).
+    pub data_images: usize,
+}
+
+/// One line of JSON, the same keys as `bench/reference.py` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub tool: String,
+    pub version: String,
+    pub device: String,
+    pub batch: usize,
+    pub steps: usize,
+    pub precision: Precision,
+    /// Teacher forward + student forward/backward + AdamW step.
+    pub kd_step_img_s: f64,
+    pub teacher_forward_img_s: f64,
+    /// Student forward/backward + AdamW step against a fixed target.
+    pub student_step_img_s: f64,
+    /// Decode + RandomResizedCrop + flip + normalise on `data_workers` threads.
+    pub data_img_s: Option<f64>,
+    pub data_workers: usize,
+    /// Device memory held by burn's pools after the measurements (their peak: pools keep what
+    /// they reserved); None on the CPU.
+    pub peak_memory_mb: Option<f64>,
+    pub kd_step_gflop_per_image: f64,
+    pub kd_step_tflop_s: f64,
+}
+
+/// The thesis' models at full size, randomly initialised (speed does not depend on the weights).
+pub fn full_size_config() -> RunConfig {
+    let mut config = RunConfig {
+        name: "bench".into(),
+        ..RunConfig::default()
+    };
+    config.teacher.weights = None;
+    config.teacher.architecture = Some(BeitV2Config::vit_base_patch16_224());
+    config.student.weights = None;
+    config.student.architecture = Some(Data2Vec2Config::vit_base_patch16_224());
+    config.student.blocks = BlockSelection::FirstMain(6);
+    config
+}
+
+/// Seconds for `steps` calls of `step` after `warmup` calls, between device synchronisations.
+fn timed<B: Backend>(
+    device: &B::Device,
+    warmup: usize,
+    steps: usize,
+    mut step: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    for _ in 0..warmup {
+        step()?;
+    }
+    B::sync(device)?;
+    let start = Instant::now();
+    for _ in 0..steps {
+        step()?;
+    }
+    B::sync(device)?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// The three model measurements and the data pipeline; `say` hears what is being measured.
+pub fn bench<B: AutodiffBackend>(
+    config: &RunConfig,
+    settings: &BenchSettings,
+    device: &B::Device,
+    say: &mut dyn FnMut(&str),
+) -> anyhow::Result<BenchReport> {
+    let mut config = config.clone();
+    config.precision = settings.precision;
+    say("building the models");
+    let Models {
+        teacher,
+        student,
+        student_architecture,
+    } = build_models::<B>(&config, None, device)?;
+    let Architecture::Data2Vec2(student_config) = &student_architecture else {
+        anyhow::bail!("the student is not a data2vec 2.0 model");
+    };
+    let teacher_config = teacher_architecture(&config)?;
+    let size = student_config.image_size;
+    let images = Tensor::<B::InnerBackend, 4>::random(
+        [settings.batch, 3, size, size],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    );
+    let mut optimizer = AdamW::<B::InnerBackend>::new(AdamWSettings {
+        beta1: config.optim.betas.0,
+        beta2: config.optim.betas.1,
+        eps: config.optim.eps,
+        weight_decay: config.optim.weight_decay,
+    });
+    let lr = config.optim.peak_lr();
+    let per_second = |seconds: f64| (settings.batch * settings.steps) as f64 / seconds;
+    let (warmup, steps) = (settings.warmup, settings.steps);
+
+    say("teacher forward");
+    // Every target feeds a running sum that is read at the end, so that no backend can skip
+    // work whose result nobody uses; the reduction is negligible next to the forward.
+    let mut checksum = Tensor::<B::InnerBackend, 1>::zeros([1], device);
+    let teacher_forward = timed::<B>(device, warmup, steps, || {
+        checksum =
+            checksum.clone() + teacher_target(&teacher, images.clone(), config.precision).sum();
+        Ok(())
+    })?;
+    let checksum = checksum.into_scalar().elem::<f64>();
+    anyhow::ensure!(
+        checksum.is_finite(),
+        "the teacher's targets are not finite ({checksum})"
+    );
+
+    let mut student = Some(student);
+    let target = teacher_target(&teacher, images.clone(), config.precision);
+    say("student forward, backward and AdamW step");
+    let student_step = timed::<B>(device, warmup, steps, || {
+        let current = student.take().expect("the student is put back every step");
+        let (_, grads) = student_backward(&current, images.clone(), target.clone(), 1.0);
+        student = Some(optimizer.step(lr, current, grads));
+        Ok(())
+    })?;
+
+    say("full distillation step");
+    let kd_step = timed::<B>(device, warmup, steps, || {
+        let current = student.take().expect("the student is put back every step");
+        let (_, grads) = kd_backward(&teacher, &current, images.clone(), config.precision, 1.0);
+        student = Some(optimizer.step(lr, current, grads));
+        Ok(())
+    })?;
+
+    let data_img_s = match &settings.data {
+        Some(folder) => {
+            say("data pipeline");
+            Some(data_pipeline(folder, size, settings)?)
+        }
+        None => None,
+    };
+    let gflop = flops::kd_step_gflop_per_image(&teacher_config, student_config);
+    let kd_step_img_s = per_second(kd_step);
+    Ok(BenchReport {
+        tool: "kdlab".into(),
+        version: format!("kdlab {}, burn 0.21", env!("CARGO_PKG_VERSION")),
+        device: String::new(),
+        batch: settings.batch,
+        steps: settings.steps,
+        precision: settings.precision,
+        kd_step_img_s,
+        teacher_forward_img_s: per_second(teacher_forward),
+        student_step_img_s: per_second(student_step),
+        data_img_s,
+        data_workers: settings.workers,
+        peak_memory_mb: None,
+        kd_step_gflop_per_image: gflop,
+        kd_step_tflop_s: kd_step_img_s * gflop / 1e3,
+    })
+}
+
+/// The teacher's architecture: stated in the config, else read from its weights file.
+fn teacher_architecture(config: &RunConfig) -> anyhow::Result<BeitV2Config> {
+    if let Some(stated) = &config.teacher.architecture {
+        return Ok(stated.clone());
+    }
+    let path = config
+        .teacher
+        .weights
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("teacher: no weights and no architecture"))?;
+    match crate::weights::Checkpoint::open(path)?.architecture {
+        Architecture::BeitV2(c) => Ok(c),
+        Architecture::Data2Vec2(_) => anyhow::bail!("{} is not a BEiT v2 teacher", path.display()),
+    }
+}
+
+/// Images per second through decode + the training transform on `workers` threads, after the
+/// first batch (the threads' start).
+fn data_pipeline(
+    folder: &std::path::Path,
+    size: usize,
+    settings: &BenchSettings,
+) -> anyhow::Result<f64> {
+    let folder = Arc::new(ImageFolder::scan(folder)?);
+    let n = folder.entries.len();
+    let repeats = settings.data_images.div_ceil(n).max(1);
+    let order = epoch_order(n, repeats, 0, 0, true);
+    let loader = LoaderSettings {
+        batch_size: settings.batch,
+        workers: settings.workers,
+        prefetch_batches: 2 * settings.workers,
+        drop_last: false,
+        seed: 0,
+    };
+    let transform: Transform = Arc::new(move |img, rng| {
+        train_transform(img, size as u32, (0.08, 1.0), (0.75, 4.0 / 3.0), 0.5, rng)
+    });
+    let mut batches = spawn_epoch(folder, order, 0, 0, &loader, transform);
+    batches.next();
+    let start = Instant::now();
+    let images: usize = batches.map(|b| b.len).sum();
+    anyhow::ensure!(
+        images > 0,
+        "the data folder gave fewer than two batches of images"
+    );
+    Ok(images as f64 / start.elapsed().as_secs_f64())
+}

@@ -1,0 +1,145 @@
+//! `kdlab bench`: images per second of the KD step and its parts, and the device memory, as
+//! `bench/reference.py` measures PyTorch (same JSON keys; `bench/compare.sh` runs both).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::backend::{OnAutodiffBackend, Selected};
+use crate::bench::{BenchReport, BenchSettings, bench, full_size_config};
+use crate::config::{Precision, RunConfig};
+use crate::weights::read::quietly_catch;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Models (and data folder) from this run config; default: the thesis' full-size teacher and
+    /// student (2 prenet + 6 main blocks), randomly initialised.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Images per step.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Timed steps per measurement (after the warm-up steps).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// f32, or bf16/f16 for the teacher's forward (see the README on precision); default: the
+    /// config's, else bf16.
+    #[arg(long, value_parser = parse_precision)]
+    precision: Option<Precision>,
+    /// Folder for the data-pipeline measurement (default: the config's training images, else
+    /// assets/); `none` skips it.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Data-pipeline threads (default: the config's data.workers, else every core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Print the JSON line only (stdout).
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_precision(text: &str) -> Result<Precision, String> {
+    match text {
+        "f32" => Ok(Precision::F32),
+        "bf16" => Ok(Precision::Bf16),
+        "f16" => Ok(Precision::F16),
+        other => Err(format!("'{other}' is not f32, bf16 or f16")),
+    }
+}
+
+pub fn run(args: BenchArgs, backend: Selected) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.batch > 0 && args.steps > 0,
+        "--batch and --steps must be at least 1"
+    );
+    let (config, default_precision) = match &args.config {
+        Some(path) => {
+            let config = RunConfig::load(path)?;
+            let precision = config.precision;
+            (config, precision)
+        }
+        None => (full_size_config(), Precision::Bf16),
+    };
+    let data = match &args.data {
+        Some(path) if path.as_os_str() == "none" => None,
+        Some(path) => Some(path.clone()),
+        None if args.config.is_some() => Some(config.data.train.clone()),
+        None => Some(PathBuf::from("assets")),
+    };
+    let settings = BenchSettings {
+        batch: args.batch,
+        steps: args.steps,
+        warmup: args.warmup,
+        precision: args.precision.unwrap_or(default_precision),
+        data,
+        workers: args.workers.unwrap_or(if args.config.is_some() {
+            config.data.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }),
+        data_images: 512,
+    };
+    let quiet = args.json;
+    let mut report = quietly_catch(|| {
+        backend.run_autodiff(Bench {
+            config: &config,
+            settings: &settings,
+            quiet,
+        })
+    })
+    .map_err(|panic| crate::distill::train::explain_device_panic(&panic, args.batch))??;
+    report.device = backend.to_string();
+    report.peak_memory_mb =
+        crate::backend::reserved_memory_bytes(&backend).map(|b| b as f64 / (1 << 20) as f64);
+    if !args.json {
+        print_table(&report);
+    }
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(r: &BenchReport) {
+    eprintln!(
+        "kdlab bench: {} · batch {} · {} steps · precision {:?}",
+        r.device, r.batch, r.steps, r.precision
+    );
+    eprintln!(
+        "  KD step          {:>9.1} img/s  ({:.1} TFLOP/s at {:.1} GFLOP/image)",
+        r.kd_step_img_s, r.kd_step_tflop_s, r.kd_step_gflop_per_image
+    );
+    eprintln!("  teacher forward  {:>9.1} img/s", r.teacher_forward_img_s);
+    eprintln!("  student step     {:>9.1} img/s", r.student_step_img_s);
+    match r.data_img_s {
+        Some(d) => eprintln!(
+            "  data pipeline    {d:>9.1} img/s  ({} workers)",
+            r.data_workers
+        ),
+        None => eprintln!("  data pipeline    skipped"),
+    }
+    match r.peak_memory_mb {
+        Some(mb) => eprintln!("  device memory    {mb:>9.0} MiB reserved"),
+        None => eprintln!("  device memory    not reported by this backend"),
+    }
+}
+
+struct Bench<'a> {
+    config: &'a RunConfig,
+    settings: &'a BenchSettings,
+    quiet: bool,
+}
+
+impl OnAutodiffBackend for Bench<'_> {
+    type Output = anyhow::Result<BenchReport>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        let quiet = self.quiet;
+        bench::<B>(self.config, self.settings, &device, &mut |what| {
+            if !quiet {
+                eprintln!("kdlab bench: {what}…");
+            }
+        })
+    }
+}

@@ -145,36 +145,32 @@ impl Selected {
     }
 }
 
-/// Runs `draw` while no other thread of the process draws from burn's random generator, which is
-/// process-wide: the app trains, inspects and evaluates at once, and every model construction
-/// draws (even one whose weights are then loaded). Re-entrant on the same thread.
-pub fn with_generator<T>(draw: impl FnOnce() -> T) -> T {
-    use std::cell::Cell;
-    use std::sync::{Mutex, PoisonError};
-    static GENERATOR: Mutex<()> = Mutex::new(());
-    thread_local!(static HELD: Cell<bool> = const { Cell::new(false) });
-    if HELD.get() {
-        return draw();
-    }
-    let _only_us = GENERATOR.lock().unwrap_or_else(PoisonError::into_inner);
-    struct Release;
-    impl Drop for Release {
-        fn drop(&mut self) {
-            HELD.set(false);
-        }
-    }
-    HELD.set(true);
-    let _release = Release;
-    draw()
+/// Seeds the backend's random generator and runs `init` while no other thread of the process
+/// draws from it. burn's generator is process-wide and the app trains, inspects and evaluates at
+/// once: without the lock, a random (demo) model would depend on what else was running. burn
+/// initialises parameters lazily, at first use, so `init` must `materialize` what it builds.
+pub fn seeded<B: Backend, T>(device: &B::Device, seed: u64, init: impl FnOnce() -> T) -> T {
+    static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _only_us = GENERATOR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    B::seed(device, seed);
+    init()
 }
 
-/// Seeds the backend's random generator and runs `init` under `with_generator`, so that a random
-/// (demo) model depends on the seed only, not on what else the process is doing.
-pub fn seeded<B: Backend, T>(device: &B::Device, seed: u64, init: impl FnOnce() -> T) -> T {
-    with_generator(|| {
-        B::seed(device, seed);
-        init()
-    })
+/// Makes every lazily initialised parameter of `module` draw its values now.
+pub fn materialize<B: Backend, M: burn::module::Module<B>>(module: M) -> M {
+    struct Touch;
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<B, D>>,
+        ) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+    module
 }
 
 /// Device memory held by burn's memory pools on `selected` (what it reserved; pools keep it, so

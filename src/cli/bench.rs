@@ -103,15 +103,20 @@ pub fn run(args: BenchArgs, backend: Selected) -> anyhow::Result<ExitCode> {
 
 fn print_table(r: &BenchReport) {
     eprintln!(
-        "kdlab bench: {} · batch {} · {} steps · precision {:?}",
-        r.device, r.batch, r.steps, r.precision
+        "kdlab bench: {} · batch {} · {} steps · precision {}",
+        r.device,
+        r.batch,
+        r.steps,
+        serde_json::to_value(r.precision).map_or_else(|_| "?".into(), |v| v.to_string())
     );
     eprintln!(
-        "  KD step          {:>9.1} img/s  ({:.1} TFLOP/s at {:.1} GFLOP/image)",
-        r.kd_step_img_s, r.kd_step_tflop_s, r.kd_step_gflop_per_image
+        "  KD step          {:>9.2} img/s  ({:.1} GFLOP/s at {:.1} GFLOP/image)",
+        r.kd_step_img_s,
+        r.kd_step_tflop_s * 1e3,
+        r.kd_step_gflop_per_image
     );
-    eprintln!("  teacher forward  {:>9.1} img/s", r.teacher_forward_img_s);
-    eprintln!("  student step     {:>9.1} img/s", r.student_step_img_s);
+    eprintln!("  teacher forward  {:>9.2} img/s", r.teacher_forward_img_s);
+    eprintln!("  student step     {:>9.2} img/s", r.student_step_img_s);
     match r.data_img_s {
         Some(d) => eprintln!(
             "  data pipeline    {d:>9.1} img/s  ({} workers)",

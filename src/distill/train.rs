@@ -20,6 +20,7 @@ use super::probe::{ProbeSet, epoch_dir, probe_paths};
 use super::run_dir::{MetricsLine, RunDir};
 use super::schedule::CosineWithWarmup;
 use super::target::{kd_loss, prepare_target};
+use crate::backend::materialize;
 use crate::config::{Precision, RunConfig};
 use crate::data::loader::{LoaderSettings, Transform, epoch_order, spawn_epoch};
 use crate::data::{ImageFolder, train_transform, validation_transform};
@@ -99,10 +100,10 @@ pub fn build_models<B: AutodiffBackend>(
     // builds the models from this config on this backend.
     let (teacher, (student, student_architecture)) =
         crate::backend::seeded::<B, _>(device, config.seed, || {
-            anyhow::Ok((
-                build_teacher::<B::InnerBackend>(config, device)?,
-                build_student::<B>(config, resume_from, device)?,
-            ))
+            // Teacher first, everywhere: some tensors (CLS tokens) are drawn at construction.
+            let teacher = build_teacher::<B::InnerBackend>(config, device)?;
+            let (student, architecture) = build_student::<B>(config, resume_from, device)?;
+            anyhow::Ok((materialize(teacher), (materialize(student), architecture)))
         })?;
     Ok(Models {
         teacher,

@@ -88,7 +88,7 @@ pub fn train_probe<B: AutodiffBackend>(
     );
     let (n, dim) = (train.len(), train.dim);
     let mut probe = crate::backend::seeded::<B, _>(device, settings.seed, || {
-        LinearProbe::<B>::new(dim, classes, device)
+        crate::backend::materialize(LinearProbe::<B>::new(dim, classes, device))
     });
     // The features live on the device once; each batch is gathered there.
     let features = Tensor::<B::InnerBackend, 2>::from_data(

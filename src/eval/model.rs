@@ -84,6 +84,7 @@ impl ModelSpec {
                 // Seeded as training seeds it, so this is the very teacher the run distilled.
                 let teacher = crate::backend::seeded::<B, _>(device, config.seed, || {
                     crate::distill::train::build_teacher::<B>(&config, device)
+                        .map(crate::backend::materialize)
                 })?;
                 Ok(LoadedModel {
                     encoder: Encoder::BeitV2(teacher),

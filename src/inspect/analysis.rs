@@ -11,6 +11,7 @@ use image::RgbImage;
 use super::patch_maps::{PatchMapError, PatchMaps};
 use super::pca::PcaBasis;
 use super::render::display_side;
+use crate::backend::materialize;
 use crate::config::Precision;
 use crate::data::image_file::DecodeError;
 use crate::data::resize::resize_bicubic;
@@ -152,10 +153,10 @@ impl<B: Backend> InspectedPair<B> {
     ) -> anyhow::Result<Self> {
         let (teacher, (student, architecture)) =
             crate::backend::seeded::<B, _>(device, config.seed, || {
-                anyhow::Ok((
-                    crate::distill::train::build_teacher::<B>(config, device)?,
-                    crate::distill::train::build_student::<B>(config, checkpoint, device)?,
-                ))
+                let teacher = crate::distill::train::build_teacher::<B>(config, device)?;
+                let (student, architecture) =
+                    crate::distill::train::build_student::<B>(config, checkpoint, device)?;
+                anyhow::Ok((materialize(teacher), (materialize(student), architecture)))
             })?;
         let crate::weights::Architecture::Data2Vec2(student_config) = &architecture else {
             anyhow::bail!("the student is not a data2vec 2.0 model");

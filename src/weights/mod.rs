@@ -15,7 +15,6 @@ use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter, TensorSnapshot};
 
-use crate::backend::with_generator;
 use crate::model::{BeitV2, BlockSelection, Data2Vec2, Encoder};
 use expected::{ExpectedParam, expected_params};
 pub use layout::{Architecture, KeyTarget, Layout};
@@ -108,10 +107,8 @@ impl Checkpoint {
     pub fn plan(&self) -> LoadPlan {
         let device = Default::default();
         let expected = match &self.architecture {
-            Architecture::BeitV2(c) => expected_params(&with_generator(|| c.init::<Flex>(&device))),
-            Architecture::Data2Vec2(c) => {
-                expected_params(&with_generator(|| c.init::<Flex>(&device)))
-            }
+            Architecture::BeitV2(c) => expected_params(&c.init::<Flex>(&device)),
+            Architecture::Data2Vec2(c) => expected_params(&c.init::<Flex>(&device)),
         };
         self.plan_against(&expected)
     }
@@ -174,7 +171,7 @@ impl Checkpoint {
     /// Loads the teacher. Fails unless the file is a BEiT v2 checkpoint.
     pub fn load_beit_v2<B: Backend>(&self, device: &B::Device) -> Result<BeitV2<B>, WeightsError> {
         match &self.architecture {
-            Architecture::BeitV2(config) => self.apply(with_generator(|| config.init(device))),
+            Architecture::BeitV2(config) => self.apply(config.init(device)),
             Architecture::Data2Vec2(_) => {
                 Err(self.invalid("is a data2vec 2.0 checkpoint, not a BEiT v2 one"))
             }
@@ -193,9 +190,7 @@ impl Checkpoint {
         let keep = selection
             .main_blocks(config.prenet_depth, config.depth)
             .map_err(|message| self.invalid(&message))?;
-        Ok(self
-            .apply(with_generator(|| config.init(device)))?
-            .select_main_blocks(&keep))
+        Ok(self.apply(config.init(device))?.select_main_blocks(&keep))
     }
 
     /// Loads whichever encoder the file holds; `selection` applies to data2vec 2.0 only.

@@ -11,5 +11,6 @@ pub mod data;
 pub mod distill;
 pub mod eval;
 pub mod inspect;
+pub mod kernels;
 pub mod model;
 pub mod weights;

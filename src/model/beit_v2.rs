@@ -13,7 +13,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::ModelOutput;
-use super::vit::{Mlp, PatchEmbed, multi_head_attention};
+use super::vit::{Mlp, PatchEmbed, linear_tokens};
+use crate::kernels::multi_head_attention;
 
 /// Architecture of a BEiT v2 encoder; `vit_base_patch16_224` is the released teacher.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,14 +104,16 @@ pub struct BeitAttention<B: Backend> {
 
 impl<B: Backend> BeitAttention<B> {
     /// # Shapes
-    /// - x: `[B, T, D]`, bias: `[B, H, T, T]` → `[B, T, D]`
-    fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
+    /// - x: `[B, T, D]`, bias: `[H, T, T]` → `[B, T, D]`
+    fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 3>) -> Tensor<B, 3> {
         let q_bias = self.q_bias.val();
         let k_bias = q_bias.zeros_like();
         let qkv_bias = Tensor::cat(vec![q_bias, k_bias, self.v_bias.val()], 0);
-        let qkv = self.qkv.forward(x) + qkv_bias.unsqueeze::<3>();
-        self.proj
-            .forward(multi_head_attention(qkv, self.num_heads, Some(bias)))
+        let qkv = linear_tokens(&self.qkv, x) + qkv_bias.unsqueeze::<3>();
+        linear_tokens(
+            &self.proj,
+            multi_head_attention(qkv, self.num_heads, Some(bias)),
+        )
     }
 }
 
@@ -156,7 +159,7 @@ impl<B: Backend> BeitBlock<B> {
     }
 
     /// Pre-LN with layer scale: `x ← x + γ₁·attn(norm1(x)); x ← x + γ₂·mlp(norm2(x))`.
-    fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 3>) -> Tensor<B, 3> {
         let gamma_1 = self.gamma_1.val().unsqueeze::<3>();
         let gamma_2 = self.gamma_2.val().unsqueeze::<3>();
         let x = x.clone() + self.attn.forward(self.norm1.forward(x), bias) * gamma_1;
@@ -191,12 +194,12 @@ impl<B: Backend> BeitV2<B> {
         let shared_bias = self
             .rel_pos_bias
             .as_ref()
-            .map(|r| self.gather_bias(r.relative_position_bias_table.val(), batch));
+            .map(|r| self.gather_bias(r.relative_position_bias_table.val()));
         let mut layer_results = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
             let bias = match (&shared_bias, &block.attn.relative_position_bias_table) {
                 (Some(bias), _) => bias.clone(),
-                (None, Some(table)) => self.gather_bias(table.val(), batch),
+                (None, Some(table)) => self.gather_bias(table.val()),
                 (None, None) => unreachable!("BeitV2Config::init gives every block a table"),
             };
             x = block.forward(x, bias);
@@ -208,16 +211,14 @@ impl<B: Backend> BeitV2<B> {
         }
     }
 
-    /// `table[I[a, b], h]` as `[B, H, T, T]`.
-    fn gather_bias(&self, table: Tensor<B, 2>, batch: usize) -> Tensor<B, 4> {
+    /// `table[I[a, b], h]` as `[H, T, T]`.
+    fn gather_bias(&self, table: Tensor<B, 2>) -> Tensor<B, 3> {
         let [tokens2] = self.relative_position_index.dims();
         let tokens = tokens2.isqrt();
         table
             .select(0, self.relative_position_index.clone()) // [T·T, H]
             .reshape([tokens, tokens, self.num_heads])
             .permute([2, 0, 1])
-            .unsqueeze::<4>()
-            .expand([batch, self.num_heads, tokens, tokens])
     }
 }
 

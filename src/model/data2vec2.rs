@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use super::ModelOutput;
 use super::sincos::sincos_2d;
-use super::vit::{Mlp, PatchEmbed, multi_head_attention};
+use super::vit::{Mlp, PatchEmbed, linear_tokens};
+use crate::kernels::multi_head_attention;
 
 /// Which main blocks of the pretrained model a student keeps (the prenet blocks are always kept).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,9 +159,12 @@ impl<B: Backend> AltBlock<B> {
     /// Returns `(x, m)`: the block output and its layer result, the FFN output before the
     /// residual (`end_of_block_targets = False`).
     fn forward(&self, x: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let attn =
-            multi_head_attention(self.attn.qkv.forward(x.clone()), self.attn.num_heads, None);
-        let r = self.norm1.forward(x + self.attn.proj.forward(attn));
+        let attn = multi_head_attention(
+            linear_tokens(&self.attn.qkv, x.clone()),
+            self.attn.num_heads,
+            None,
+        );
+        let r = self.norm1.forward(x + linear_tokens(&self.attn.proj, attn));
         let m = self.mlp.forward(r.clone());
         (self.norm2.forward(r + m.clone()), m)
     }

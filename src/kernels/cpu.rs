@@ -1,0 +1,341 @@
+//! The f32 kernels on plain slices, parallel over rayon.
+//!
+//! Attention reads q, k and v in place out of the packed `[B, T, 3D]` projection and writes the
+//! heads side by side into `[B, T, D]`, so neither the split nor the merge of heads copies
+//! anything; each (image, head) pair is one task with two GEMMs (the `gemm` crate burn's CPU
+//! backend already uses) and a row-wise softmax between them.
+
+use std::f64::consts::FRAC_1_SQRT_2;
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Elements per rayon task of the elementwise kernels.
+const CHUNK: usize = 1 << 14;
+
+/// erf by Eigen's rational approximation (`generic_fast_erf_float`), evaluated in f64: its own
+/// error is below 7e-8, so after rounding to f32 the result is libm's `erff` to within one ulp,
+/// and unlike `erff` the loop vectorises.
+#[inline]
+fn erf(x: f64) -> f64 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let p = -2.726_142_258_013_06e-10;
+    let p = p * x2 + 2.770_681_424_959_02e-08;
+    let p = p * x2 - 2.101_024_020_825_08e-06;
+    let p = p * x2 - 5.692_506_394_623_46e-05;
+    let p = p * x2 - 7.349_906_303_268_55e-04;
+    let p = p * x2 - 2.954_599_808_540_25e-03;
+    let p = p * x2 - 1.609_603_332_624_15e-02;
+    let q = -1.456_607_184_649_96e-05;
+    let q = q * x2 - 2.133_740_552_789_05e-04;
+    let q = q * x2 - 1.682_826_974_382_03e-03;
+    let q = q * x2 - 7.373_329_167_204_68e-03;
+    let q = q * x2 - 1.426_473_905_141_89e-02;
+    x * p / q
+}
+
+/// Exact (erf) GELU: `y = x·Φ(x)`.
+pub fn gelu(x: &[f32], y: &mut [f32]) {
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                let x = f64::from(x);
+                *y = (0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2))) as f32;
+            }
+        });
+}
+
+/// `dx = dy · (Φ(x) + x·φ(x))`.
+pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    // 1/√(2π)
+    const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+    dx.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+        .for_each(|(dx, (x, dy))| {
+            for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                let x = f64::from(x);
+                let cdf = 0.5 * (1.0 + erf(x * FRAC_1_SQRT_2));
+                let pdf = (-0.5 * x * x).exp() * INV_SQRT_2PI;
+                *dx = (f64::from(dy) * (cdf + x * pdf)) as f32;
+            }
+        });
+}
+
+/// The sizes of a multi-head attention over packed projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heads {
+    pub batch: usize,
+    pub tokens: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl Heads {
+    /// D, the width of q (and of the output).
+    pub fn width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// `hd^-0.5`, computed as burn's attention computes it.
+    fn scale(&self) -> f32 {
+        (1.0 / (self.head_dim as f64).sqrt()) as f32
+    }
+
+    fn pairs(&self) -> usize {
+        self.batch * self.heads
+    }
+}
+
+/// A pointer that tasks writing disjoint parts of one buffer may share.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: every task writes only the elements of its own (image, head) pair.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The pointer (a method, so that closures capture the `Shared`, not its raw field).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// `dst (+)= lhs · rhs` on strided row-major views, single-threaded (the caller parallelises).
+///
+/// # Safety
+/// Every pointer with its strides must address valid memory for the given sizes.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+) {
+    let (lhs, lhs_rs, lhs_cs) = lhs;
+    let (rhs, rhs_rs, rhs_cs) = rhs;
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
+/// `softmax(q·kᵀ·hd^-0.5 + bias)·v` for every image and head.
+///
+/// - `qkv`: `[B, T, 3D]`, columns `[q | k | v]`, head h at columns h·hd … (h+1)·hd − 1 of each
+/// - `bias`: `[H, T, T]`, the same for every image (relative position bias)
+/// - `out`: `[B, T, D]`, heads concatenated
+/// - `probs`: where given, `[B, H, T, T]` receives the attention weights (for the backward pass)
+pub fn attention_forward(
+    qkv: &[f32],
+    bias: Option<&[f32]>,
+    shape: Heads,
+    out: &mut [f32],
+    probs: Option<&mut [f32]>,
+) {
+    let Heads {
+        tokens: t,
+        heads,
+        head_dim: hd,
+        ..
+    } = shape;
+    let d = shape.width();
+    assert_eq!(qkv.len(), shape.batch * t * 3 * d, "packed qkv size");
+    assert_eq!(out.len(), shape.batch * t * d, "attention output size");
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), heads * t * t, "attention bias size");
+    }
+    let scale = shape.scale();
+    let out = Shared(out.as_mut_ptr());
+    let probs = probs.map(|p| {
+        assert_eq!(p.len(), shape.pairs() * t * t, "attention weights size");
+        Shared(p.as_mut_ptr())
+    });
+    (0..shape.pairs()).into_par_iter().for_each(|pair| {
+        let (b, h) = (pair / heads, pair % heads);
+        let mut scratch = Vec::new();
+        let scores: &mut [f32] = match probs {
+            // SAFETY: pair's own T×T block of the [B, H, T, T] buffer.
+            Some(p) => unsafe { std::slice::from_raw_parts_mut(p.at(pair * t * t), t * t) },
+            None => {
+                scratch.resize(t * t, 0.0);
+                &mut scratch
+            }
+        };
+        let row = (3 * d) as isize;
+        let q = qkv[b * t * 3 * d + h * hd..].as_ptr();
+        // SAFETY: q, k and v of this head lie inside this image's rows of `qkv`; the output
+        // columns h·hd … of this image's rows belong to this pair alone.
+        unsafe {
+            let (k, v) = (q.add(d), q.add(2 * d));
+            matmul(
+                [t, t, hd],
+                scores.as_mut_ptr(),
+                t,
+                false,
+                (q, row, 1),
+                (k, 1, row),
+            );
+            let bias = bias.map(|bias| &bias[h * t * t..(h + 1) * t * t]);
+            softmax_rows(scores, t, scale, bias);
+            matmul(
+                [t, hd, t],
+                out.at(b * t * d + h * hd),
+                d,
+                false,
+                (scores.as_ptr(), t as isize, 1),
+                (v, row, 1),
+            );
+        }
+    });
+}
+
+/// `s ← softmax(s·scale + bias)` over each row of a `[T, T]` block.
+fn softmax_rows(scores: &mut [f32], t: usize, scale: f32, bias: Option<&[f32]>) {
+    for (i, row) in scores.chunks_exact_mut(t).enumerate() {
+        match bias {
+            Some(bias) => {
+                for (s, &b) in row.iter_mut().zip(&bias[i * t..(i + 1) * t]) {
+                    *s = *s * scale + b;
+                }
+            }
+            None => row.iter_mut().for_each(|s| *s *= scale),
+        }
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for s in row.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|s| *s *= inv);
+    }
+}
+
+/// The gradient of `attention_forward` (without bias) with respect to the packed projections.
+///
+/// With `P` the saved weights and `dO` the output's gradient, per image and head:
+/// `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ∘ (dP − rowsum(P ∘ dP))·hd^-0.5`, `dQ = dS·K`,
+/// `dK = dSᵀ·Q`, written into the q, k and v columns of `dqkv` (`[B, T, 3D]`).
+pub fn attention_backward(
+    qkv: &[f32],
+    probs: &[f32],
+    grad_out: &[f32],
+    shape: Heads,
+    dqkv: &mut [f32],
+) {
+    let Heads {
+        tokens: t,
+        heads,
+        head_dim: hd,
+        ..
+    } = shape;
+    let d = shape.width();
+    assert_eq!(qkv.len(), shape.batch * t * 3 * d, "packed qkv size");
+    assert_eq!(dqkv.len(), qkv.len(), "packed qkv gradient size");
+    assert_eq!(grad_out.len(), shape.batch * t * d, "output gradient size");
+    assert_eq!(probs.len(), shape.pairs() * t * t, "attention weights size");
+    let scale = shape.scale();
+    let dqkv = Shared(dqkv.as_mut_ptr());
+    (0..shape.pairs()).into_par_iter().for_each(|pair| {
+        let (b, h) = (pair / heads, pair % heads);
+        let p = &probs[pair * t * t..(pair + 1) * t * t];
+        let row = (3 * d) as isize;
+        let q = qkv[b * t * 3 * d + h * hd..].as_ptr();
+        let d_out = grad_out[b * t * d + h * hd..].as_ptr();
+        let mut ds = vec![0.0f32; t * t];
+        // SAFETY: reads stay inside this image's rows; writes go to this head's q, k and v
+        // columns of this image's rows of `dqkv`, which no other pair touches.
+        unsafe {
+            let (k, v) = (q.add(d), q.add(2 * d));
+            let dq = dqkv.at(b * t * 3 * d + h * hd);
+            let (dk, dv) = (dq.add(d), dq.add(2 * d));
+            // dV = Pᵀ·dO
+            matmul(
+                [t, hd, t],
+                dv,
+                3 * d,
+                false,
+                (p.as_ptr(), 1, t as isize),
+                (d_out, d as isize, 1),
+            );
+            // dP = dO·Vᵀ
+            matmul(
+                [t, t, hd],
+                ds.as_mut_ptr(),
+                t,
+                false,
+                (d_out, d as isize, 1),
+                (v, 1, row),
+            );
+            for (ds, p) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
+                let dot: f32 = ds.iter().zip(p).map(|(a, b)| a * b).sum();
+                for (ds, &p) in ds.iter_mut().zip(p) {
+                    *ds = p * (*ds - dot) * scale;
+                }
+            }
+            // dQ = dS·K, dK = dSᵀ·Q
+            matmul(
+                [t, hd, t],
+                dq,
+                3 * d,
+                false,
+                (ds.as_ptr(), t as isize, 1),
+                (k, row, 1),
+            );
+            matmul(
+                [t, hd, t],
+                dk,
+                3 * d,
+                false,
+                (ds.as_ptr(), 1, t as isize),
+                (q, row, 1),
+            );
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_the_definition_to_f32_precision() {
+        // erf(x) = 2/√π ∫₀ˣ e^(−s²) ds, by Simpson's rule on a fine grid.
+        let exact = |x: f64| {
+            let n = 20_000;
+            let h = x / n as f64;
+            let f = |s: f64| (-s * s).exp();
+            let odd: f64 = (1..n).step_by(2).map(|i| f(i as f64 * h)).sum();
+            let even: f64 = (2..n).step_by(2).map(|i| f(i as f64 * h)).sum();
+            (f(0.0) + 4.0 * odd + 2.0 * even + f(x)) * h / 3.0 * std::f64::consts::FRAC_2_SQRT_PI
+        };
+        for i in -60..=60 {
+            let x = f64::from(i) / 10.0;
+            let err = (erf(x) - exact(x)).abs();
+            assert!(err < 1e-7, "erf({x}): |error| = {err:e}");
+        }
+    }
+}

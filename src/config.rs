@@ -224,29 +224,39 @@ pub enum ConfigError {
     },
 }
 
+/// Reads and parses a RON file, then lets `finish` resolve relative paths against the file's
+/// folder and validate; every error names the file (and the line, or the field).
+pub fn load_ron<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    finish: impl FnOnce(&mut T, &Path) -> Result<(), (&'static str, String)>,
+) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut config: T = ron::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        line: e.span.start.line,
+        column: e.span.start.col,
+        message: e.code.to_string(),
+    })?;
+    finish(&mut config, path.parent().unwrap_or(Path::new("."))).map_err(|(field, message)| {
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            message,
+        }
+    })?;
+    Ok(config)
+}
+
 impl RunConfig {
     /// Reads, parses and validates; relative paths are resolved against the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut config: Self = ron::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            line: e.span.start.line,
-            column: e.span.start.col,
-            message: e.code.to_string(),
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        config.resolve_paths(base);
-        config
-            .validate()
-            .map_err(|(field, message)| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                field,
-                message,
-            })?;
-        Ok(config)
+        load_ron(path, |config: &mut Self, base| {
+            config.resolve_paths(base);
+            config.validate()
+        })
     }
 
     fn resolve_paths(&mut self, base: &Path) {

@@ -221,14 +221,7 @@ impl EvaluatePanel {
                 ));
             }
             EvalEvent::Finished { result, file } => {
-                self.say(format!(
-                    "{} {}: top-1 {:.2}%, top-5 {:.2}%, written to {}",
-                    result.model.name(),
-                    result.method.name(),
-                    100.0 * result.top1,
-                    100.0 * result.top5,
-                    file.display()
-                ));
+                self.say(result.summary_line(&file));
                 // A rerun of the same evaluation replaces its row.
                 let same = |r: &EvalResult| {
                     (r.method, r.model, r.dataset) == (result.method, result.model, result.dataset)

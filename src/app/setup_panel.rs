@@ -577,7 +577,7 @@ pub(super) fn optional_folder_ui(ui: &mut Ui, folder: &mut Option<PathBuf>) -> e
     {
         *folder = Some(picked);
     }
-    if folder.is_some() && ui.small_button("✕").on_hover_text("no folder").clicked() {
+    if folder.is_some() && ui.small_button("×").on_hover_text("no folder").clicked() {
         *folder = None;
     }
     response
@@ -601,7 +601,7 @@ fn optional_file_ui(
     }
     if file.is_some()
         && ui
-            .small_button("✕")
+            .small_button("×")
             .on_hover_text("no weights file")
             .clicked()
     {
@@ -616,7 +616,7 @@ fn file_list_ui(ui: &mut Ui, files: &mut Vec<PathBuf>) -> egui::Response {
         for (i, path) in files.iter().enumerate() {
             ui.horizontal(|ui| {
                 path_label(ui, path);
-                if ui.small_button("✕").clicked() {
+                if ui.small_button("×").clicked() {
                     remove = Some(i);
                 }
             });

@@ -215,13 +215,7 @@ fn data_pipeline(
     let n = folder.entries.len();
     let repeats = settings.data_images.div_ceil(n).max(1);
     let order = epoch_order(n, repeats, 0, 0, true);
-    let loader = LoaderSettings {
-        batch_size: settings.batch,
-        workers: settings.workers,
-        prefetch_batches: 2 * settings.workers,
-        drop_last: false,
-        seed: 0,
-    };
+    let loader = LoaderSettings::in_order(settings.batch, settings.workers);
     let transform: Transform = Arc::new(move |img, rng| {
         train_transform(img, size as u32, (0.08, 1.0), (0.75, 4.0 / 3.0), 0.5, rng)
     });

@@ -3,8 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use anyhow::bail;
 use burn::tensor::backend::AutodiffBackend;
@@ -80,6 +79,7 @@ pub struct EvalArgs {
 
 impl EvalArgs {
     fn settings(&self) -> anyhow::Result<EvalConfig> {
+        self.warn_about_flags_of_the_other_method();
         let mut config = match &self.config {
             Some(path) => EvalConfig::load(path)?,
             None => EvalConfig::default(),
@@ -110,6 +110,36 @@ impl EvalArgs {
             bail!("no training images: give --train (or train: in the eval config)");
         }
         Ok(config)
+    }
+
+    /// Flags of the method not run are accepted (a config may hold both), but said to be unused.
+    fn warn_about_flags_of_the_other_method(&self) {
+        let unused: Vec<&str> = match self.method {
+            Method::Knn => [
+                ("--epochs", self.epochs.is_some()),
+                ("--batch-size", self.batch_size.is_some()),
+                ("--lr", self.lr.is_some()),
+                ("--weight-decay", self.weight_decay.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(flag, given)| given.then_some(flag))
+            .collect(),
+            Method::Linear => [
+                ("--k", self.k.is_some()),
+                ("--temperature", self.temperature.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(flag, given)| given.then_some(flag))
+            .collect(),
+        };
+        if !unused.is_empty() {
+            eprintln!(
+                "kdlab: warning: {} {} no effect on `eval {}`",
+                unused.join(", "),
+                if unused.len() == 1 { "has" } else { "have" },
+                self.method.name()
+            );
+        }
     }
 }
 
@@ -167,11 +197,7 @@ pub fn run(args: EvalArgs, backend: Selected) -> anyhow::Result<ExitCode> {
         out_dir,
         backend: backend.to_string(),
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
-    }
+    let stop = super::ctrl_c_flag();
     let batch_size = request.config.batch_size;
     let results = quietly_catch(|| {
         backend.run_autodiff(Eval {
@@ -252,14 +278,7 @@ impl OnAutodiffBackend for Eval<'_> {
             EvalEvent::Finished { result, file } => {
                 bar.finish_and_clear();
                 stage.clear();
-                say(format!(
-                    "kdlab: {} {}: top-1 {:.2}%, top-5 {:.2}% → {}",
-                    result.model.name(),
-                    result.method.name(),
-                    100.0 * result.top1,
-                    100.0 * result.top5,
-                    file.display()
-                ));
+                say(format!("kdlab: {}", result.summary_line(&file)));
             }
         };
         let results = evaluate::<B>(self.request, &device, self.stop, &mut on_event);

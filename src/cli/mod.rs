@@ -10,6 +10,8 @@ pub mod tensor_file;
 mod train;
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -87,4 +89,13 @@ fn select_backend(choice: BackendChoice) -> anyhow::Result<Selected> {
     let selected = choice.select()?;
     eprintln!("kdlab: backend {selected}");
     Ok(selected)
+}
+
+/// A flag that Ctrl-C (or SIGTERM) raises, for commands that stop cleanly at the next step.
+/// Only the first handler of a process can be installed; tests run one such command per process.
+fn ctrl_c_flag() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let raised = stop.clone();
+    let _ = ctrlc::set_handler(move || raised.store(true, Ordering::SeqCst));
+    stop
 }

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
@@ -50,12 +49,7 @@ pub fn run(args: TrainArgs, backend: Selected) -> anyhow::Result<ExitCode> {
         None => RunDir::create(&args.runs_dir, &config.name, &config.to_ron())?,
     };
     eprintln!("kdlab: run directory {}", run.root.display());
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // Only the first handler of a process can be installed; tests run one train per process.
-        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
-    }
+    let stop = super::ctrl_c_flag();
     let options = TrainOptions {
         max_steps: args.max_steps,
         stop,

@@ -65,6 +65,19 @@ pub struct LoaderSettings {
     pub seed: u64,
 }
 
+impl LoaderSettings {
+    /// Every image once, in the order given, the last batch kept (features, benchmarks).
+    pub fn in_order(batch_size: usize, workers: usize) -> Self {
+        Self {
+            batch_size,
+            workers,
+            prefetch_batches: 2 * workers,
+            drop_last: false,
+            seed: 0,
+        }
+    }
+}
+
 /// Streams the batches `first_batch..` of one epoch; dropping the receiver stops the workers.
 pub fn spawn_epoch(
     source: Arc<dyn ImageSource>,

@@ -74,13 +74,7 @@ impl<B: Backend> Extraction<'_, B> {
         let total = source.len();
         let size = self.image_size as u32;
         let transform: Transform = Arc::new(move |img, _rng| validation_transform(img, size));
-        let settings = LoaderSettings {
-            batch_size: self.batch_size,
-            workers: self.workers,
-            prefetch_batches: 2 * self.workers,
-            drop_last: false,
-            seed: 0,
-        };
+        let settings = LoaderSettings::in_order(self.batch_size, self.workers);
         let order: Vec<usize> = (0..total).collect();
         let mut set = FeatureSet {
             dim: 0,

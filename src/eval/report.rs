@@ -50,6 +50,18 @@ pub struct EvalResult {
 const BULKY: [&str; 3] = ["class_names", "confusion", "history"];
 
 impl EvalResult {
+    /// One line for people: model, method, accuracies and the file the result went to.
+    pub fn summary_line(&self, file: &Path) -> String {
+        format!(
+            "{} {}: top-1 {:.2}%, top-5 {:.2}%, written to {}",
+            self.model.name(),
+            self.method.name(),
+            100.0 * self.top1,
+            100.0 * self.top5,
+            file.display()
+        )
+    }
+
     /// The result without the per-class detail.
     pub fn summary(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).expect("plain data serialises");

@@ -156,30 +156,14 @@ impl EvalConfig {
     /// Reads and parses; relative data paths are resolved against the file's folder when they
     /// do not exist as given.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut config: Self = ron::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            line: e.span.start.line,
-            column: e.span.start.col,
-            message: e.code.to_string(),
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut config.train, &mut config.val].into_iter().flatten() {
-            if p.is_relative() && !p.exists() && base.join(&*p).exists() {
-                *p = base.join(&*p);
+        crate::config::load_ron(path, |config: &mut Self, base| {
+            for p in [&mut config.train, &mut config.val].into_iter().flatten() {
+                if p.is_relative() && !p.exists() && base.join(&*p).exists() {
+                    *p = base.join(&*p);
+                }
             }
-        }
-        config
-            .validate()
-            .map_err(|(field, message)| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                field,
-                message,
-            })?;
-        Ok(config)
+            config.validate()
+        })
     }
 
     /// Every number that must be positive is; names the field otherwise.

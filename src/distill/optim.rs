@@ -15,6 +15,8 @@ use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
+use crate::kernels::{self, cpu::AdamWScalars};
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWSettings {
     pub beta1: f64,
@@ -111,26 +113,21 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Update<'_, AB::InnerBackend> {
                 step: 0,
             });
         let step = moments.step + 1;
-        // p ← p·(1 − lr·wd)
-        let p = if decays(&path, D) && s.weight_decay > 0.0 {
-            p.mul_scalar(1.0 - self.lr * s.weight_decay)
-        } else {
-            p
+        let scalars = AdamWScalars {
+            decay: (decays(&path, D) && s.weight_decay > 0.0)
+                .then_some(1.0 - self.lr * s.weight_decay),
+            one_minus_beta1: 1.0 - s.beta1,
+            beta2: s.beta2,
+            one_minus_beta2: 1.0 - s.beta2,
+            bias_correction2_sqrt: (1.0 - s.beta2.powi(step as i32)).sqrt(),
+            eps: s.eps,
+            step_size: self.lr / (1.0 - s.beta1.powi(step as i32)),
         };
-        // m ← m + (g − m)(1 − β1)  (torch's lerp);  v ← β2·v + (1 − β2)·g²
-        let exp_avg =
-            moments.exp_avg.clone() + (g.clone() - moments.exp_avg).mul_scalar(1.0 - s.beta1);
-        let exp_avg_sq =
-            moments.exp_avg_sq.mul_scalar(s.beta2) + g.square().mul_scalar(1.0 - s.beta2);
-        let bias_correction1 = 1.0 - s.beta1.powi(step as i32);
-        let bias_correction2_sqrt = (1.0 - s.beta2.powi(step as i32)).sqrt();
-        let step_size = self.lr / bias_correction1;
-        let denom = exp_avg_sq
-            .clone()
-            .sqrt()
-            .div_scalar(bias_correction2_sqrt)
-            .add_scalar(s.eps);
-        let p = p - (exp_avg.clone() / denom).mul_scalar(step_size);
+        let [p, exp_avg, exp_avg_sq] =
+            match kernels::adamw([p, moments.exp_avg, moments.exp_avg_sq], g, scalars) {
+                Ok(updated) => updated,
+                Err((state, g)) => adamw_by_tensors(state, g, scalars),
+            };
         self.optimizer.state.insert(
             path,
             Moments {
@@ -142,6 +139,29 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Update<'_, AB::InnerBackend> {
         let updated = Tensor::<AB, 1>::from_inner(p).reshape(shape).require_grad();
         Param::from_mapped_value(id, updated, mapper)
     }
+}
+
+/// The update as tensor operations, one by one (any backend).
+fn adamw_by_tensors<B: Backend>(
+    [p, exp_avg, exp_avg_sq]: [Tensor<B, 1>; 3],
+    g: Tensor<B, 1>,
+    s: AdamWScalars,
+) -> [Tensor<B, 1>; 3] {
+    // p ← p·(1 − lr·wd)
+    let p = match s.decay {
+        Some(decay) => p.mul_scalar(decay),
+        None => p,
+    };
+    // m ← m + (g − m)(1 − β1)  (torch's lerp);  v ← β2·v + (1 − β2)·g²
+    let exp_avg = exp_avg.clone() + (g.clone() - exp_avg).mul_scalar(s.one_minus_beta1);
+    let exp_avg_sq = exp_avg_sq.mul_scalar(s.beta2) + g.square().mul_scalar(s.one_minus_beta2);
+    let denom = exp_avg_sq
+        .clone()
+        .sqrt()
+        .div_scalar(s.bias_correction2_sqrt)
+        .add_scalar(s.eps);
+    let p = p - (exp_avg.clone() / denom).mul_scalar(s.step_size);
+    [p, exp_avg, exp_avg_sq]
 }
 
 /// burn names LayerNorm parameters `gamma`/`beta`; state is keyed by PyTorch's names.
@@ -233,4 +253,44 @@ fn param_ids<B: Backend, M: burn::module::Module<B>>(module: &M) -> Vec<(ParamId
     let mut ids = Ids(Vec::new());
     module.visit(&mut ids);
     ids.0
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Flex;
+    use burn::tensor::{Distribution, Tensor};
+
+    use super::*;
+
+    #[test]
+    fn fused_cpu_update_equals_the_tensor_version() {
+        let device = Default::default();
+        let random = |seed| {
+            Flex::seed(&device, seed);
+            Tensor::<Flex, 1>::random([10_000], Distribution::Normal(0.0, 1.0), &device)
+        };
+        let (p, g, m) = (random(1), random(2), random(3));
+        let v = random(4).abs();
+        for decay in [Some(1.0 - 1e-3 * 0.05), None] {
+            let scalars = AdamWScalars {
+                decay,
+                one_minus_beta1: 0.1,
+                beta2: 0.98,
+                one_minus_beta2: 0.02,
+                bias_correction2_sqrt: (1.0f64 - 0.98f64.powi(3)).sqrt(),
+                eps: 1e-6,
+                step_size: 1e-3 / (1.0 - 0.9f64.powi(3)),
+            };
+            let state = || [p.clone(), m.clone(), v.clone()];
+            let fused = kernels::adamw(state(), g.clone(), scalars).expect("flex takes the kernel");
+            let by_tensors = adamw_by_tensors(state(), g.clone(), scalars);
+            for (name, (a, b)) in ["param", "exp_avg", "exp_avg_sq"]
+                .iter()
+                .zip(fused.into_iter().zip(by_tensors))
+            {
+                let diff: f32 = (a - b).abs().max().into_scalar();
+                assert!(diff <= 1e-7, "{name} ({decay:?}): max |Δ| = {diff:e}");
+            }
+        }
+    }
 }

@@ -63,6 +63,63 @@ pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
         });
 }
 
+/// The scalars of one AdamW update of one parameter (f64, as the tensor version passes them to
+/// burn's scalar operations, which round each to f32; so does the kernel).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWScalars {
+    /// `1 − lr·wd`; None when the parameter does not decay.
+    pub decay: Option<f64>,
+    pub one_minus_beta1: f64,
+    pub beta2: f64,
+    pub one_minus_beta2: f64,
+    pub bias_correction2_sqrt: f64,
+    pub eps: f64,
+    /// `lr / (1 − β1^t)`.
+    pub step_size: f64,
+}
+
+/// One AdamW update in place: the f32 operations of `distill::optim`'s tensor version (PyTorch's
+/// `_single_tensor_adamw`), in the same order, in one pass instead of thirteen.
+pub fn adamw(
+    param: &mut [f32],
+    grad: &[f32],
+    exp_avg: &mut [f32],
+    exp_avg_sq: &mut [f32],
+    s: AdamWScalars,
+) {
+    let decay = s.decay.map(|d| d as f32);
+    let [
+        one_minus_beta1,
+        beta2,
+        one_minus_beta2,
+        bias_correction2_sqrt,
+        eps,
+        step_size,
+    ] = [
+        s.one_minus_beta1,
+        s.beta2,
+        s.one_minus_beta2,
+        s.bias_correction2_sqrt,
+        s.eps,
+        s.step_size,
+    ]
+    .map(|x| x as f32);
+    param
+        .par_chunks_mut(CHUNK)
+        .zip(grad.par_chunks(CHUNK))
+        .zip(exp_avg.par_chunks_mut(CHUNK))
+        .zip(exp_avg_sq.par_chunks_mut(CHUNK))
+        .for_each(|(((p, g), m), v)| {
+            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                let decayed = decay.map_or(*p, |d| *p * d);
+                *m += (g - *m) * one_minus_beta1;
+                *v = *v * beta2 + g * g * one_minus_beta2;
+                let denom = v.sqrt() / bias_correction2_sqrt + eps;
+                *p = decayed - *m / denom * step_size;
+            }
+        });
+}
+
 /// The sizes of a multi-head attention over packed projections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heads {

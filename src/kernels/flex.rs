@@ -32,6 +32,33 @@ pub fn gelu_backward(x: &FlexTensor, dy: &FlexTensor) -> FlexTensor {
     tensor(dx, x.layout().shape().clone())
 }
 
+/// `tensor`'s elements contiguous in a buffer of its own when `tensor` was the only handle.
+fn owned(tensor: FlexTensor) -> FlexTensor {
+    tensor.to_contiguous()
+}
+
+/// One AdamW update; returns the parameter and the two moments.
+pub fn adamw(
+    param: FlexTensor,
+    grad: &FlexTensor,
+    exp_avg: FlexTensor,
+    exp_avg_sq: FlexTensor,
+    scalars: cpu::AdamWScalars,
+) -> [FlexTensor; 3] {
+    let n = param.layout().num_elements();
+    let [mut p, mut m, mut v] = [param, exp_avg, exp_avg_sq].map(owned);
+    let g = values(grad);
+    // Copies only what is still shared (copy on write).
+    cpu::adamw(
+        &mut p.storage_mut::<f32>()[..n],
+        as_f32(&g),
+        &mut m.storage_mut::<f32>()[..n],
+        &mut v.storage_mut::<f32>()[..n],
+        scalars,
+    );
+    [p, m, v]
+}
+
 /// The sizes of the attention over `qkv` (`[B, T, 3D]`) with `heads` heads.
 pub fn heads_of(qkv: &FlexTensor, heads: usize) -> Heads {
     let dims = qkv.layout().shape();

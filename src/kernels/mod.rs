@@ -59,6 +59,25 @@ pub fn multi_head_attention<B: Backend>(
     }
 }
 
+/// One AdamW update of a flattened parameter `[param, exp_avg, exp_avg_sq]` with its gradient,
+/// fused on the CPU; `Err` hands the tensors back, as given, for the tensor version elsewhere.
+#[allow(clippy::type_complexity)]
+pub fn adamw<B: Backend>(
+    [param, exp_avg, exp_avg_sq]: [Tensor<B, 1>; 3],
+    grad: Tensor<B, 1>,
+    scalars: cpu::AdamWScalars,
+) -> Result<[Tensor<B, 1>; 3], ([Tensor<B, 1>; 3], Tensor<B, 1>)> {
+    let all_f32 = [&param, &exp_avg, &exp_avg_sq, &grad]
+        .iter()
+        .all(|t| t.dtype() == DType::F32);
+    if TypeId::of::<B>() != TypeId::of::<Flex>() || !all_f32 {
+        return Err(([param, exp_avg, exp_avg_sq], grad));
+    }
+    let [p, m, v] = [param, exp_avg, exp_avg_sq].map(unwrap::<B, 1, FlexTensor>);
+    let updated = flex::adamw(p, &unwrap(grad), m, v, scalars);
+    Ok(updated.map(wrap))
+}
+
 /// burn's attention operation (fused on CUDA and WGPU) on split heads.
 fn unfused<B: Backend>(
     qkv: Tensor<B, 3>,

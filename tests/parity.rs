@@ -323,3 +323,37 @@ fn fused_cpu_gelu_matches_burns_forward_and_backward() {
     let reference = grad_of(&|x| burn::tensor::activation::gelu(x));
     assert_close("d gelu", &fused, &reference, 2e-6);
 }
+
+#[test]
+fn fused_cpu_target_matches_the_tensor_version_forward_and_backward() {
+    use burn::backend::Autodiff;
+    use kdlab::distill::target::prepare_target_by_tensors;
+    let device = Default::default();
+    Flex::seed(&device, 9);
+    let layers: Vec<Tensor<Flex, 3>> = (0..3).map(|_| random([2, 9, 16], &device)).collect();
+    let fused = prepare_target(&layers);
+    let reference = prepare_target_by_tensors(layers.clone());
+    assert_close("target", &fused.to_data(), &reference.to_data(), 1e-5);
+
+    let weights = random::<Autodiff<Flex>, 3>([2, 9, 16], &device);
+    let grads_of =
+        |target: &dyn Fn(Vec<Tensor<Autodiff<Flex>, 3>>) -> Tensor<Autodiff<Flex>, 3>| {
+            let xs: Vec<_> = layers
+                .iter()
+                .map(|h| Tensor::<Autodiff<Flex>, 3>::from_inner(h.clone()).require_grad())
+                .collect();
+            let grads = (target(xs.clone()) * weights.clone()).sum().backward();
+            xs.iter()
+                .map(|x| {
+                    x.grad(&grads)
+                        .expect("every layer has a gradient")
+                        .to_data()
+                })
+                .collect::<Vec<_>>()
+        };
+    let fused = grads_of(&|xs| prepare_target(&xs));
+    let reference = grads_of(&|xs| prepare_target_by_tensors(xs));
+    for (l, (a, b)) in fused.iter().zip(&reference).enumerate() {
+        assert_close(&format!("d layer {l}"), a, b, 1e-4);
+    }
+}

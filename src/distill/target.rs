@@ -33,10 +33,19 @@ pub fn prepare_target<B: Backend>(layer_results: &[Tensor<B, 3>]) -> Tensor<B, 3
         !layer_results.is_empty(),
         "a model has at least one layer result"
     );
-    let count = layer_results.len() as f64;
-    let sum = layer_results
+    let layers = layer_results
         .iter()
-        .map(|h| instance_norm_tokens(h.clone().cast(DType::F32)))
+        .map(|h| h.clone().cast(DType::F32))
+        .collect();
+    crate::kernels::kd_target(layers, TARGET_EPS).unwrap_or_else(prepare_target_by_tensors)
+}
+
+/// `prepare_target` as tensor operations, one by one (any backend; f32 layer results).
+pub fn prepare_target_by_tensors<B: Backend>(layers: Vec<Tensor<B, 3>>) -> Tensor<B, 3> {
+    let count = layers.len() as f64;
+    let sum = layers
+        .into_iter()
+        .map(instance_norm_tokens)
         .reduce(|acc, h| acc + h)
         .expect("non-empty");
     layer_norm_plain(sum / count)

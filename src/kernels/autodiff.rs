@@ -8,7 +8,9 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::ops::FloatTensor;
 
-use super::flex;
+use std::sync::Arc;
+
+use super::{cpu, flex};
 
 /// A float tensor of `Autodiff<Flex>`: the flex tensor and its node in the graph.
 pub type AutodiffFlexTensor = FloatTensor<Autodiff<Flex>>;
@@ -39,6 +41,56 @@ pub fn gelu(x: AutodiffFlexTensor) -> AutodiffFlexTensor {
             prep.finish(x.primitive, y)
         }
         OpsKind::UnTracked(prep) => prep.finish(flex::gelu(&x.primitive)),
+    }
+}
+
+#[derive(Debug)]
+struct TargetBackward;
+
+/// The backward state of the target, shared (it is large) between clones of the graph's steps.
+#[derive(Clone)]
+struct TargetState(Arc<cpu::TargetSaved>);
+
+impl std::fmt::Debug for TargetState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TargetState")
+    }
+}
+
+impl Backward<Flex, 1> for TargetBackward {
+    type State = TargetState;
+
+    fn backward(self, ops: Ops<TargetState, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let saved = ops.state.0;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+            flex::kd_target_backward(&saved, &grad)
+        });
+    }
+}
+
+/// The data2vec target of layer results stacked as `[L, B, T, D]`.
+pub fn kd_target(stacked: AutodiffFlexTensor, eps: f64) -> AutodiffFlexTensor {
+    let layers: Vec<FlexTensor> = {
+        let count = stacked.primitive.layout().shape()[0];
+        (0..count)
+            .map(|l| {
+                let layer = stacked.primitive.narrow(0, l, 1);
+                let dims = layer.layout().shape().clone();
+                layer.reshape([dims[1], dims[2], dims[3]].into())
+            })
+            .collect()
+    };
+    match TargetBackward
+        .prepare::<NoCheckpointing>([stacked.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (target, saved) = flex::kd_target(&layers, eps, true);
+            let saved = saved.expect("the backward state was asked for");
+            prep.finish(TargetState(Arc::new(saved)), target)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(flex::kd_target(&layers, eps, false).0),
     }
 }
 

@@ -120,6 +120,170 @@ pub fn adamw(
         });
 }
 
+/// What the backward pass of `kd_target` needs.
+pub struct TargetSaved {
+    /// `[L, B, T, D]`: each layer instance-normed over the tokens.
+    pub normed: Vec<f32>,
+    /// `[L, B, D]`: `1/σ` of each layer, image and channel.
+    pub inv_std_tokens: Vec<f32>,
+    /// `[B, T, D]`: the target itself.
+    pub target: Vec<f32>,
+    /// `[B, T]`: `1/σ` of the final layer norm.
+    pub inv_std_channels: Vec<f32>,
+}
+
+/// `layer_norm_D(mean_l instance_norm_T(h_l))` (biased variances, `eps` in both), the data2vec
+/// target, for layer results `[B, T, D]` each; one pass per layer, parallel over images.
+/// Returns the target `[B, T, D]`, and what the backward pass needs when `keep` is set.
+pub fn kd_target(
+    layers: &[&[f32]],
+    [batch, tokens, dim]: [usize; 3],
+    eps: f32,
+    keep: bool,
+) -> (Vec<f32>, Option<TargetSaved>) {
+    let per_image = tokens * dim;
+    let count = layers.len();
+    assert!(count > 0, "a model has at least one layer result");
+    for layer in layers {
+        assert_eq!(layer.len(), batch * per_image, "layer result size");
+    }
+    let mut target = vec![0.0f32; batch * per_image];
+    let mut normed = vec![0.0f32; if keep { count * batch * per_image } else { 0 }];
+    let mut inv_std_tokens = vec![0.0f32; count * batch * dim];
+    let mut inv_std_channels = vec![0.0f32; batch * tokens];
+    let normed_at = Shared(normed.as_mut_ptr());
+    let inv_tokens_at = Shared(inv_std_tokens.as_mut_ptr());
+    target
+        .par_chunks_mut(per_image)
+        .zip(inv_std_channels.par_chunks_mut(tokens))
+        .enumerate()
+        .for_each(|(b, (sum, inv_channels))| {
+            let mut mean = vec![0.0f32; dim];
+            let mut var = vec![0.0f32; dim];
+            for (l, layer) in layers.iter().enumerate() {
+                let h = &layer[b * per_image..(b + 1) * per_image];
+                mean_var_over_rows(h, dim, &mut mean, &mut var);
+                // SAFETY: layer l, image b: blocks no other task writes.
+                let inv = unsafe {
+                    std::slice::from_raw_parts_mut(inv_tokens_at.at((l * batch + b) * dim), dim)
+                };
+                for (inv, v) in inv.iter_mut().zip(&var) {
+                    *inv = 1.0 / (v + eps).sqrt();
+                }
+                let rows = h.chunks_exact(dim).zip(sum.chunks_exact_mut(dim));
+                if keep {
+                    let normed = unsafe {
+                        let at = normed_at.at((l * batch + b) * per_image);
+                        std::slice::from_raw_parts_mut(at, per_image)
+                    };
+                    for ((row, sum), normed) in rows.zip(normed.chunks_exact_mut(dim)) {
+                        for d in 0..dim {
+                            normed[d] = (row[d] - mean[d]) * inv[d];
+                            sum[d] += normed[d];
+                        }
+                    }
+                } else {
+                    for (row, sum) in rows {
+                        for d in 0..dim {
+                            sum[d] += (row[d] - mean[d]) * inv[d];
+                        }
+                    }
+                }
+            }
+            for (row, inv) in sum.chunks_exact_mut(dim).zip(inv_channels.iter_mut()) {
+                row.iter_mut().for_each(|s| *s /= count as f32);
+                let m = row.iter().sum::<f32>() / dim as f32;
+                let v = row.iter().map(|s| (s - m) * (s - m)).sum::<f32>() / dim as f32;
+                *inv = 1.0 / (v + eps).sqrt();
+                row.iter_mut().for_each(|s| *s = (*s - m) * *inv);
+            }
+        });
+    let saved = keep.then(|| TargetSaved {
+        normed,
+        inv_std_tokens,
+        target: target.clone(),
+        inv_std_channels,
+    });
+    (target, saved)
+}
+
+/// Per column of a row-major `[rows, dim]` block: the mean and the biased variance.
+fn mean_var_over_rows(h: &[f32], dim: usize, mean: &mut [f32], var: &mut [f32]) {
+    let rows = (h.len() / dim) as f32;
+    mean.fill(0.0);
+    var.fill(0.0);
+    for row in h.chunks_exact(dim) {
+        mean.iter_mut().zip(row).for_each(|(m, x)| *m += x);
+    }
+    mean.iter_mut().for_each(|m| *m /= rows);
+    for row in h.chunks_exact(dim) {
+        for ((v, x), m) in var.iter_mut().zip(row).zip(mean.iter()) {
+            *v += (x - m) * (x - m);
+        }
+    }
+    var.iter_mut().for_each(|v| *v /= rows);
+}
+
+/// The gradient of `kd_target` with respect to each layer result, `[L, B, T, D]`.
+///
+/// Both normalisations have the backward `dx = (dy − mean(dy) − y·mean(dy·y))/σ` over their
+/// own axis; the mean over layers hands every layer `1/L` of the gradient.
+pub fn kd_target_backward(
+    saved: &TargetSaved,
+    grad: &[f32],
+    [batch, tokens, dim]: [usize; 3],
+) -> Vec<f32> {
+    let per_image = tokens * dim;
+    let count = saved.inv_std_tokens.len() / (batch * dim);
+    let mut grads = vec![0.0f32; count * batch * per_image];
+    let grads_at = Shared(grads.as_mut_ptr());
+    (0..batch).into_par_iter().for_each(|b| {
+        let image = b * per_image..(b + 1) * per_image;
+        // Through the layer norm over channels, then the mean over layers.
+        let mut g_mean = vec![0.0f32; per_image];
+        let rows = grad[image.clone()]
+            .chunks_exact(dim)
+            .zip(saved.target[image].chunks_exact(dim))
+            .zip(&saved.inv_std_channels[b * tokens..(b + 1) * tokens]);
+        for (row, ((gy, y), inv)) in g_mean.chunks_exact_mut(dim).zip(rows) {
+            let a = gy.iter().sum::<f32>() / dim as f32;
+            let c = gy.iter().zip(y).map(|(g, y)| g * y).sum::<f32>() / dim as f32;
+            let scale = inv / count as f32;
+            for ((out, g), y) in row.iter_mut().zip(gy).zip(y) {
+                *out = (g - a - y * c) * scale;
+            }
+        }
+        // Through each layer's instance norm over tokens.
+        let (mut a, mut c) = (vec![0.0f32; dim], vec![0.0f32; dim]);
+        for l in 0..count {
+            let block = (l * batch + b) * per_image;
+            let u = &saved.normed[block..block + per_image];
+            let inv = &saved.inv_std_tokens[(l * batch + b) * dim..(l * batch + b + 1) * dim];
+            a.fill(0.0);
+            c.fill(0.0);
+            for (g, u) in g_mean.chunks_exact(dim).zip(u.chunks_exact(dim)) {
+                for d in 0..dim {
+                    a[d] += g[d];
+                    c[d] += g[d] * u[d];
+                }
+            }
+            let rows = tokens as f32;
+            // SAFETY: layer l, image b: a block no other task writes.
+            let out = unsafe { std::slice::from_raw_parts_mut(grads_at.at(block), per_image) };
+            for ((out, g), u) in out
+                .chunks_exact_mut(dim)
+                .zip(g_mean.chunks_exact(dim))
+                .zip(u.chunks_exact(dim))
+            {
+                for d in 0..dim {
+                    out[d] = (g[d] - a[d] / rows - u[d] * (c[d] / rows)) * inv[d];
+                }
+            }
+        }
+    });
+    grads
+}
+
 /// The sizes of a multi-head attention over packed projections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heads {

@@ -59,6 +59,30 @@ pub fn adamw(
     [p, m, v]
 }
 
+/// The data2vec target of `[B, T, D]` layer results, and its backward state when `keep`.
+pub fn kd_target(
+    layers: &[FlexTensor],
+    eps: f64,
+    keep: bool,
+) -> (FlexTensor, Option<cpu::TargetSaved>) {
+    let shape = layers[0].layout().shape().clone();
+    let dims = [shape[0], shape[1], shape[2]];
+    let layers: Vec<FlexTensor> = layers.iter().map(values).collect();
+    let slices: Vec<&[f32]> = layers.iter().map(as_f32).collect();
+    let (target, saved) = cpu::kd_target(&slices, dims, eps as f32, keep);
+    (tensor(target, shape), saved)
+}
+
+/// The gradient of `kd_target` with respect to the stacked layer results, `[L, B, T, D]`.
+pub fn kd_target_backward(saved: &cpu::TargetSaved, grad: &FlexTensor) -> FlexTensor {
+    let grad = values(grad);
+    let shape = grad.layout().shape();
+    let dims = [shape[0], shape[1], shape[2]];
+    let layers = saved.inv_std_tokens.len() / (dims[0] * dims[2]);
+    let grads = cpu::kd_target_backward(saved, as_f32(&grad), dims);
+    tensor(grads, [layers, dims[0], dims[1], dims[2]])
+}
+
 /// The sizes of the attention over `qkv` (`[B, T, 3D]`) with `heads` heads.
 pub fn heads_of(qkv: &FlexTensor, heads: usize) -> Heads {
     let dims = qkv.layout().shape();

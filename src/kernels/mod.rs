@@ -59,6 +59,29 @@ pub fn multi_head_attention<B: Backend>(
     }
 }
 
+/// `layer_norm_D(mean_l instance_norm_T(h_l))` of f32 layer results `[B, T, D]` (the data2vec
+/// target, `distill::target`), fused on the CPU; `Err` hands the layers back for the tensor
+/// version.
+pub fn kd_target<B: Backend>(
+    layers: Vec<Tensor<B, 3>>,
+    eps: f64,
+) -> Result<Tensor<B, 3>, Vec<Tensor<B, 3>>> {
+    let all_f32 = layers.iter().all(|t| t.dtype() == DType::F32);
+    if layers.is_empty() || !all_f32 {
+        return Err(layers);
+    }
+    let backend = TypeId::of::<B>();
+    if backend == TypeId::of::<Flex>() {
+        let layers: Vec<FlexTensor> = layers.into_iter().map(unwrap::<B, 3, _>).collect();
+        Ok(wrap(flex::kd_target(&layers, eps, false).0))
+    } else if backend == TypeId::of::<Autodiff<Flex>>() {
+        let stacked = unwrap::<B, 4, _>(Tensor::stack(layers, 0));
+        Ok(wrap(autodiff::kd_target(stacked, eps)))
+    } else {
+        Err(layers)
+    }
+}
+
 /// One AdamW update of a flattened parameter `[param, exp_avg, exp_avg_sq]` with its gradient,
 /// fused on the CPU; `Err` hands the tensors back, as given, for the tensor version elsewhere.
 #[allow(clippy::type_complexity)]

@@ -26,7 +26,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     warmup: usize,
     /// f32, or bf16/f16 for the teacher's forward (see the README on precision); default: the
-    /// config's, else bf16.
+    /// config's, else bf16 on CUDA and f32 elsewhere.
     #[arg(long, value_parser = parse_precision)]
     precision: Option<Precision>,
     /// Folder for the data-pipeline measurement (default: the config's training images, else
@@ -61,7 +61,9 @@ pub fn run(args: BenchArgs, backend: Selected) -> anyhow::Result<ExitCode> {
             let precision = config.precision;
             (config, precision)
         }
-        None => (full_size_config(), Precision::Bf16),
+        // bf16 where the hardware has it; the CPU computes it in software, slower than f32.
+        None if matches!(backend, Selected::Cuda { .. }) => (full_size_config(), Precision::Bf16),
+        None => (full_size_config(), Precision::F32),
     };
     let data = match &args.data {
         Some(path) if path.as_os_str() == "none" => None,
@@ -69,11 +71,13 @@ pub fn run(args: BenchArgs, backend: Selected) -> anyhow::Result<ExitCode> {
         None if args.config.is_some() => Some(config.data.train.clone()),
         None => Some(PathBuf::from("assets")),
     };
+    let precision = args.precision.unwrap_or(default_precision);
+    super::warn_about_reduced_precision_on_cpu(&backend, precision);
     let settings = BenchSettings {
         batch: args.batch,
         steps: args.steps,
         warmup: args.warmup,
-        precision: args.precision.unwrap_or(default_precision),
+        precision,
         data,
         workers: args.workers.unwrap_or(if args.config.is_some() {
             config.data.workers

@@ -37,6 +37,7 @@ pub fn run(args: TrainArgs, backend: Selected) -> anyhow::Result<ExitCode> {
         (None, None) => unreachable!("clap requires --config without --resume"),
     };
     let config = RunConfig::load(&config_path)?;
+    super::warn_about_reduced_precision_on_cpu(&backend, config.precision);
     let mut run = match &args.resume {
         Some(dir) => {
             anyhow::ensure!(

@@ -101,7 +101,7 @@ fn ctrl_c_flag() -> Arc<AtomicBool> {
 }
 
 /// bf16/f16 on the CPU backend are computed in software and skip the fused CPU kernels
-/// (`crate::kernels`, f32 only): measured 2.6× slower than f32 for the teacher's forward.
+/// (`crate::kernels`, f32 only): the teacher's forward measured 2× slower than in f32.
 fn warn_about_reduced_precision_on_cpu(backend: &Selected, precision: crate::config::Precision) {
     use crate::config::Precision;
     let name = match precision {

@@ -307,6 +307,24 @@ impl Heads {
     fn pairs(&self) -> usize {
         self.batch * self.heads
     }
+
+    /// Elements of the packed projections `[B, T, 3D]`.
+    fn packed_len(&self) -> usize {
+        self.batch * self.tokens * 3 * self.width()
+    }
+
+    /// Elements of the output `[B, T, D]`.
+    fn output_len(&self) -> usize {
+        self.batch * self.tokens * self.width()
+    }
+
+    /// Where (image, head) `pair`'s columns start: its q columns in the packed projections, its
+    /// columns in the output.
+    fn offsets(&self, pair: usize) -> (usize, usize) {
+        let (b, h) = (pair / self.heads, pair % self.heads);
+        let (rows, hd, d) = (b * self.tokens, h * self.head_dim, self.width());
+        (rows * 3 * d + hd, rows * d + hd)
+    }
 }
 
 /// A pointer that tasks writing disjoint parts of one buffer may share.
@@ -376,17 +394,11 @@ pub fn attention_forward(
     out: &mut [f32],
     probs: Option<&mut [f32]>,
 ) {
-    let Heads {
-        tokens: t,
-        heads,
-        head_dim: hd,
-        ..
-    } = shape;
-    let d = shape.width();
-    assert_eq!(qkv.len(), shape.batch * t * 3 * d, "packed qkv size");
-    assert_eq!(out.len(), shape.batch * t * d, "attention output size");
+    let (t, hd, d) = (shape.tokens, shape.head_dim, shape.width());
+    assert_eq!(qkv.len(), shape.packed_len(), "packed qkv size");
+    assert_eq!(out.len(), shape.output_len(), "attention output size");
     if let Some(bias) = bias {
-        assert_eq!(bias.len(), heads * t * t, "attention bias size");
+        assert_eq!(bias.len(), shape.heads * t * t, "attention bias size");
     }
     let scale = shape.scale();
     let out = Shared(out.as_mut_ptr());
@@ -395,7 +407,8 @@ pub fn attention_forward(
         Shared(p.as_mut_ptr())
     });
     (0..shape.pairs()).into_par_iter().for_each(|pair| {
-        let (b, h) = (pair / heads, pair % heads);
+        let (q_at, out_at) = shape.offsets(pair);
+        let h = pair % shape.heads;
         let mut scratch = Vec::new();
         let scores: &mut [f32] = match probs {
             // SAFETY: pair's own T×T block of the [B, H, T, T] buffer.
@@ -406,7 +419,7 @@ pub fn attention_forward(
             }
         };
         let row = (3 * d) as isize;
-        let q = qkv[b * t * 3 * d + h * hd..].as_ptr();
+        let q = qkv[q_at..].as_ptr();
         // SAFETY: q, k and v of this head lie inside this image's rows of `qkv`; the output
         // columns h·hd … of this image's rows belong to this pair alone.
         unsafe {
@@ -423,7 +436,7 @@ pub fn attention_forward(
             softmax_rows(scores, t, scale, bias);
             matmul(
                 [t, hd, t],
-                out.at(b * t * d + h * hd),
+                out.at(out_at),
                 d,
                 false,
                 (scores.as_ptr(), t as isize, 1),
@@ -467,31 +480,25 @@ pub fn attention_backward(
     shape: Heads,
     dqkv: &mut [f32],
 ) {
-    let Heads {
-        tokens: t,
-        heads,
-        head_dim: hd,
-        ..
-    } = shape;
-    let d = shape.width();
-    assert_eq!(qkv.len(), shape.batch * t * 3 * d, "packed qkv size");
+    let (t, hd, d) = (shape.tokens, shape.head_dim, shape.width());
+    assert_eq!(qkv.len(), shape.packed_len(), "packed qkv size");
     assert_eq!(dqkv.len(), qkv.len(), "packed qkv gradient size");
-    assert_eq!(grad_out.len(), shape.batch * t * d, "output gradient size");
+    assert_eq!(grad_out.len(), shape.output_len(), "output gradient size");
     assert_eq!(probs.len(), shape.pairs() * t * t, "attention weights size");
     let scale = shape.scale();
     let dqkv = Shared(dqkv.as_mut_ptr());
     (0..shape.pairs()).into_par_iter().for_each(|pair| {
-        let (b, h) = (pair / heads, pair % heads);
+        let (q_at, out_at) = shape.offsets(pair);
         let p = &probs[pair * t * t..(pair + 1) * t * t];
         let row = (3 * d) as isize;
-        let q = qkv[b * t * 3 * d + h * hd..].as_ptr();
-        let d_out = grad_out[b * t * d + h * hd..].as_ptr();
+        let q = qkv[q_at..].as_ptr();
+        let d_out = grad_out[out_at..].as_ptr();
         let mut ds = vec![0.0f32; t * t];
         // SAFETY: reads stay inside this image's rows; writes go to this head's q, k and v
         // columns of this image's rows of `dqkv`, which no other pair touches.
         unsafe {
             let (k, v) = (q.add(d), q.add(2 * d));
-            let dq = dqkv.at(b * t * 3 * d + h * hd);
+            let dq = dqkv.at(q_at);
             let (dk, dv) = (dq.add(d), dq.add(2 * d));
             // dV = Pᵀ·dO
             matmul(

@@ -70,27 +70,19 @@ impl Backward<Flex, 1> for TargetBackward {
 
 /// The data2vec target of layer results stacked as `[L, B, T, D]`.
 pub fn kd_target(stacked: AutodiffFlexTensor, eps: f64) -> AutodiffFlexTensor {
-    let layers: Vec<FlexTensor> = {
-        let count = stacked.primitive.layout().shape()[0];
-        (0..count)
-            .map(|l| {
-                let layer = stacked.primitive.narrow(0, l, 1);
-                let dims = layer.layout().shape().clone();
-                layer.reshape([dims[1], dims[2], dims[3]].into())
-            })
-            .collect()
-    };
     match TargetBackward
         .prepare::<NoCheckpointing>([stacked.node.clone()])
         .compute_bound()
         .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let (target, saved) = flex::kd_target(&layers, eps, true);
+            let (target, saved) = flex::kd_target_stacked(&stacked.primitive, eps, true);
             let saved = saved.expect("the backward state was asked for");
             prep.finish(TargetState(Arc::new(saved)), target)
         }
-        OpsKind::UnTracked(prep) => prep.finish(flex::kd_target(&layers, eps, false).0),
+        OpsKind::UnTracked(prep) => {
+            prep.finish(flex::kd_target_stacked(&stacked.primitive, eps, false).0)
+        }
     }
 }
 

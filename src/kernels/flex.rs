@@ -73,6 +73,22 @@ pub fn kd_target(
     (tensor(target, shape), saved)
 }
 
+/// `kd_target` of layer results stacked as `[L, B, T, D]`, read in place from the one buffer.
+pub fn kd_target_stacked(
+    stacked: &FlexTensor,
+    eps: f64,
+    keep: bool,
+) -> (FlexTensor, Option<cpu::TargetSaved>) {
+    let stacked = values(stacked);
+    let shape = stacked.layout().shape();
+    let dims = [shape[1], shape[2], shape[3]];
+    let slices: Vec<&[f32]> = as_f32(&stacked)
+        .chunks_exact(dims.iter().product())
+        .collect();
+    let (target, saved) = cpu::kd_target(&slices, dims, eps as f32, keep);
+    (tensor(target, dims), saved)
+}
+
 /// The gradient of `kd_target` with respect to the stacked layer results, `[L, B, T, D]`.
 pub fn kd_target_backward(saved: &cpu::TargetSaved, grad: &FlexTensor) -> FlexTensor {
     let grad = values(grad);

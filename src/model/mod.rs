@@ -2,6 +2,8 @@
 
 pub mod beit_v2;
 pub mod data2vec2;
+pub mod generator;
+pub mod rules;
 pub mod sincos;
 pub mod vit;
 

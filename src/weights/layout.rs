@@ -43,6 +43,25 @@ pub enum Architecture {
     Data2Vec2(Data2Vec2Config),
 }
 
+impl Architecture {
+    /// Every rule of the model this architecture breaks.
+    pub fn problems(&self) -> Vec<crate::model::rules::Problem> {
+        match self {
+            Self::BeitV2(c) => c.problems(),
+            Self::Data2Vec2(c) => c.problems(),
+        }
+    }
+
+    /// (image size, patch-grid side).
+    pub fn geometry(&self) -> (usize, usize) {
+        let (image, patch) = match self {
+            Self::BeitV2(c) => (c.image_size, c.patch_size),
+            Self::Data2Vec2(c) => (c.image_size, c.patch_size),
+        };
+        (image, image / patch.max(1))
+    }
+}
+
 /// The metadata keys of a kdlab safetensors file.
 pub const KDLAB_FORMAT_KEY: &str = "format";
 pub const KDLAB_FORMAT: &str = "kdlab";
@@ -166,8 +185,10 @@ pub fn infer_architecture(layout: Layout, raw: &RawWeights) -> Result<Architectu
             let json = raw.metadata.get(KDLAB_ARCHITECTURE_KEY).ok_or_else(|| {
                 format!("a kdlab file needs '{KDLAB_ARCHITECTURE_KEY}' in its metadata")
             })?;
-            serde_json::from_str(json)
-                .map_err(|e| format!("metadata '{KDLAB_ARCHITECTURE_KEY}' is not valid: {e}"))
+            let architecture: Architecture = serde_json::from_str(json)
+                .map_err(|e| format!("metadata '{KDLAB_ARCHITECTURE_KEY}' is not valid: {e}"))?;
+            let problems = architecture.problems();
+            checked(architecture, problems)
         }
     }
 }
@@ -177,6 +198,22 @@ fn shape_of(raw: &RawWeights, key: &str) -> Result<Vec<usize>, String> {
         .get(key)
         .map(|t| t.shape.to_vec())
         .ok_or_else(|| format!("key '{key}' is missing"))
+}
+
+/// The first dimension of a tensor of rank ≥ 1 (a matrix's output width).
+fn first_dim(raw: &RawWeights, key: &str) -> Result<usize, String> {
+    match shape_of(raw, key)?.as_slice() {
+        [first, ..] => Ok(*first),
+        [] => Err(format!("'{key}' is a scalar; a weight matrix was expected")),
+    }
+}
+
+/// An inferred architecture that breaks a rule of the model is not a checkpoint kdlab can load.
+fn checked<C>(config: C, problems: Vec<crate::model::rules::Problem>) -> Result<C, String> {
+    match problems.first() {
+        None => Ok(config),
+        Some((field, message)) => Err(format!("the inferred {field}: {message}")),
+    }
 }
 
 fn count_blocks(raw: &RawWeights, prefix: &str) -> usize {
@@ -218,9 +255,9 @@ fn infer_beit(layout: Layout, raw: &RawWeights) -> Result<BeitV2Config, String> 
         ));
     }
     let depth = count_blocks(raw, "blocks.");
-    let mlp_hidden_dim = shape_of(raw, "blocks.0.mlp.fc1.weight")?[0];
+    let mlp_hidden_dim = first_dim(raw, "blocks.0.mlp.fc1.weight")?;
     check_heads(embed_dim, num_heads)?;
-    Ok(BeitV2Config {
+    let config = BeitV2Config {
         image_size: span.div_ceil(2) * patch_size,
         patch_size,
         embed_dim,
@@ -229,7 +266,9 @@ fn infer_beit(layout: Layout, raw: &RawWeights) -> Result<BeitV2Config, String> 
         mlp_hidden_dim,
         shared_rel_pos_bias: layout == Layout::BeitV2Unilm,
         norm_eps: 1e-6,
-    })
+    };
+    let problems = config.problems();
+    checked(config, problems)
 }
 
 fn check_heads(embed_dim: usize, num_heads: usize) -> Result<(), String> {
@@ -260,7 +299,7 @@ fn infer_data2vec2(raw: &RawWeights) -> Result<Data2Vec2Config, String> {
     }
     let depth = count_blocks(raw, "blocks.");
     let prenet_depth = count_blocks(raw, "modality_encoders.IMAGE.context_encoder.blocks.");
-    let mlp_hidden_dim = shape_of(raw, "blocks.0.mlp.fc1.weight")?[0];
+    let mlp_hidden_dim = first_dim(raw, "blocks.0.mlp.fc1.weight")?;
     let inferred = Data2Vec2Config {
         image_size: grid * patch_size,
         patch_size,
@@ -272,13 +311,15 @@ fn infer_data2vec2(raw: &RawWeights) -> Result<Data2Vec2Config, String> {
         mlp_hidden_dim,
         norm_eps: 1e-6,
     };
-    match &raw.fairseq_cfg {
-        Some(cfg) => apply_fairseq_cfg(inferred, cfg),
+    let config = match &raw.fairseq_cfg {
+        Some(cfg) => apply_fairseq_cfg(inferred, cfg)?,
         None if raw.format == FileFormat::Pytorch => {
-            Err("the fairseq checkpoint has no readable 'cfg.model' dict".into())
+            return Err("the fairseq checkpoint has no readable 'cfg.model' dict".into());
         }
-        None => Ok(inferred),
-    }
+        None => inferred,
+    };
+    let problems = config.problems();
+    checked(config, problems)
 }
 
 /// Takes the head count and eps from `cfg.model`, checking the fields the shapes also tell.

@@ -15,6 +15,7 @@ use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter, TensorSnapshot};
 
+use crate::model::generator::{materialize, unseeded};
 use crate::model::{BeitV2, BlockSelection, Data2Vec2, Encoder};
 use expected::{ExpectedParam, expected_params};
 pub use layout::{Architecture, KeyTarget, Layout};
@@ -106,10 +107,11 @@ impl Checkpoint {
     /// Matches the file's keys with the module's parameters; allocates no weights.
     pub fn plan(&self) -> LoadPlan {
         let device = Default::default();
-        let expected = match &self.architecture {
+        // Constructing draws from the shared generator (CLS tokens): under its lock.
+        let expected = unseeded(|| match &self.architecture {
             Architecture::BeitV2(c) => expected_params(&c.init::<Flex>(&device)),
             Architecture::Data2Vec2(c) => expected_params(&c.init::<Flex>(&device)),
-        };
+        });
         self.plan_against(&expected)
     }
 
@@ -171,7 +173,9 @@ impl Checkpoint {
     /// Loads the teacher. Fails unless the file is a BEiT v2 checkpoint.
     pub fn load_beit_v2<B: Backend>(&self, device: &B::Device) -> Result<BeitV2<B>, WeightsError> {
         match &self.architecture {
-            Architecture::BeitV2(config) => self.apply(config.init(device)),
+            Architecture::BeitV2(config) => {
+                unseeded(|| self.apply(config.init(device)).map(materialize))
+            }
             Architecture::Data2Vec2(_) => {
                 Err(self.invalid("is a data2vec 2.0 checkpoint, not a BEiT v2 one"))
             }
@@ -190,7 +194,8 @@ impl Checkpoint {
         let keep = selection
             .main_blocks(config.prenet_depth, config.depth)
             .map_err(|message| self.invalid(&message))?;
-        Ok(self.apply(config.init(device))?.select_main_blocks(&keep))
+        let model = unseeded(|| self.apply(config.init(device)).map(materialize))?;
+        Ok(model.select_main_blocks(&keep))
     }
 
     /// Loads whichever encoder the file holds; `selection` applies to data2vec 2.0 only.

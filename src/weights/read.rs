@@ -17,6 +17,7 @@ use burn_store::{TensorSnapshot, TensorSnapshotError};
 use serde_json::Value;
 
 use super::WeightsError;
+use crate::guard::quietly_catch;
 
 /// A weights file as read: tensors by their key in the file, plus whatever config it carries.
 pub struct RawWeights {
@@ -197,36 +198,4 @@ pub fn snapshot(
         vec![],
         ParamId::new(),
     )
-}
-
-thread_local! {
-    /// Set while this thread is inside `quietly_catch`.
-    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `f`, turning a panic into an error without printing the panic message.
-///
-/// One process-wide hook, installed once, stays silent only for threads inside this function:
-/// swapping hooks per call would race between threads (the app trains and inspects at once) and
-/// could silence every later panic.
-pub fn quietly_catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    static INSTALL: std::sync::Once = std::sync::Once::new();
-    INSTALL.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !QUIET.with(std::cell::Cell::get) {
-                previous(info);
-            }
-        }));
-    });
-    let was_quiet = QUIET.with(|q| q.replace(true));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    QUIET.with(|q| q.set(was_quiet));
-    result.map_err(|payload| {
-        payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "internal panic".into())
-    })
 }

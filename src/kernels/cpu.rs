@@ -78,7 +78,7 @@ pub struct AdamWScalars {
     pub step_size: f64,
 }
 
-/// One AdamW update in place: the f32 operations of `distill::optim`'s tensor version (PyTorch's
+/// One AdamW update in place: the f32 operations of `optim::adamw`'s tensor version (PyTorch's
 /// `_single_tensor_adamw`), in the same order, in one pass instead of thirteen.
 pub fn adamw(
     param: &mut [f32],

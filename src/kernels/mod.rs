@@ -65,7 +65,7 @@ pub fn multi_head_attention<B: Backend>(
 }
 
 /// `layer_norm_D(mean_l instance_norm_T(h_l))` of f32 layer results `[B, T, D]` (the data2vec
-/// target, `distill::target`), fused on the CPU; `Err` hands the layers back for the tensor
+/// target, `crate::target`), fused on the CPU; `Err` hands the layers back for the tensor
 /// version.
 pub fn kd_target<B: Backend>(
     layers: Vec<Tensor<B, 3>>,

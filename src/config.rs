@@ -1,11 +1,17 @@
 //! The run configuration (RON): every field has a default, and an invalid file names the file,
-//! the line and column, and the field, before anything starts.
+//! the line and column, and the field, before anything starts. `RunConfig::problems` lists every
+//! rule the config breaks (with the field's path), so nothing that would fail inside the models
+//! reaches them.
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
+use burn::tensor::DType;
 use serde::{Deserialize, Serialize};
 
+use crate::data::image_file::{DecodeLimits, PILLOW_MAX_IMAGE_PIXELS};
 use crate::model::{BeitV2Config, BlockSelection, Data2Vec2Config};
+use crate::optim::AdamWSettings;
 
 /// One distillation run. `configs/*.ron` document each field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,6 +130,9 @@ pub struct DataConfig {
     pub crop_scale: (f64, f64),
     pub crop_ratio: (f64, f64),
     pub hflip_probability: f64,
+    /// Larger images (width × height) are skipped and reported instead of decoded: a small file
+    /// can hold a huge picture (a decompression bomb). Pillow refuses the same size.
+    pub max_image_pixels: u64,
 }
 
 impl Default for DataConfig {
@@ -138,6 +147,15 @@ impl Default for DataConfig {
             crop_scale: (0.08, 1.0),
             crop_ratio: (3.0 / 4.0, 4.0 / 3.0),
             hflip_probability: 0.5,
+            max_image_pixels: PILLOW_MAX_IMAGE_PIXELS,
+        }
+    }
+}
+
+impl DataConfig {
+    pub fn decode_limits(&self) -> DecodeLimits {
+        DecodeLimits {
+            max_pixels: self.max_image_pixels,
         }
     }
 }
@@ -189,10 +207,19 @@ impl OptimConfig {
     pub fn peak_lr(&self) -> f64 {
         self.base_lr * self.global_batch() as f64 / 256.0
     }
+
+    pub fn adamw(&self) -> AdamWSettings {
+        AdamWSettings {
+            beta1: self.betas.0,
+            beta2: self.betas.1,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
+    }
 }
 
-/// What runs in reduced precision. burn 0.21 has no autocast and no f32 master weights, so the
-/// student always trains in f32; `bf16`/`f16` run the frozen teacher's forward in that type.
+/// What computes in reduced precision. burn 0.21 has no autocast and no f32 master weights, so
+/// the student always trains in f32; `bf16`/`f16` run the frozen teacher's forward in that type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -200,6 +227,70 @@ pub enum Precision {
     F32,
     Bf16,
     F16,
+}
+
+impl Precision {
+    pub fn compute_dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::Bf16 => DType::BF16,
+            Self::F16 => DType::F16,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        }
+    }
+}
+
+/// The ranges the counts of a config must lie in; the Setup panel's editors use the same.
+/// Beyond them a value is a typo, not a run (a million decode threads, a 10⁹ batch).
+pub mod limits {
+    use std::ops::RangeInclusive;
+
+    pub const BATCH_SIZE: RangeInclusive<usize> = 1..=65_536;
+    pub const GRAD_ACCUM_STEPS: RangeInclusive<usize> = 1..=1_024;
+    pub const EPOCHS: RangeInclusive<usize> = 1..=100_000;
+    pub const STEPS: RangeInclusive<usize> = 1..=100_000_000;
+    pub const REPEATS: RangeInclusive<usize> = 1..=100_000;
+    pub const WORKERS: RangeInclusive<usize> = 1..=1_024;
+    pub const PREFETCH_BATCHES: RangeInclusive<usize> = 1..=1_024;
+    pub const PROBE_COUNT: RangeInclusive<usize> = 0..=256;
+    pub const MAX_IMAGE_PIXELS: RangeInclusive<u64> = 1..=1 << 40;
+}
+
+/// One broken rule: the field's path in the config (`optim.batch_size`) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigProblem {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Whether this problem is about `field` or a part of it (`student.architecture` holds
+    /// `student.architecture.embed_dim`).
+    pub fn is_about(&self, field: &str) -> bool {
+        self.field
+            .strip_prefix(field)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    }
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -216,19 +307,57 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("{path}: {field}: {message}")]
+    #[error("{}", describe_problems(path.as_deref(), problems))]
     Invalid {
-        path: PathBuf,
-        field: &'static str,
-        message: String,
+        /// The file the config came from (None: edited in the app, built in code).
+        path: Option<PathBuf>,
+        problems: Vec<ConfigProblem>,
     },
+    #[error("cannot write the config as RON: {0}")]
+    Serialize(String),
+}
+
+impl ConfigError {
+    /// Every broken rule, or Ok.
+    pub fn check(path: Option<&Path>, problems: Vec<ConfigProblem>) -> Result<(), Self> {
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Self::Invalid {
+                path: path.map(Path::to_path_buf),
+                problems,
+            })
+        }
+    }
+
+    /// The broken rules, if that is what this error is.
+    pub fn problems(&self) -> &[ConfigProblem] {
+        match self {
+            Self::Invalid { problems, .. } => problems,
+            _ => &[],
+        }
+    }
+}
+
+fn describe_problems(path: Option<&Path>, problems: &[ConfigProblem]) -> String {
+    let prefix = path.map_or_else(String::new, |p| format!("{}: ", p.display()));
+    match problems {
+        [one] => format!("{prefix}{one}"),
+        many => {
+            let mut text = format!("{prefix}{} problems in the config:", many.len());
+            for problem in many {
+                text.push_str(&format!("\n  {problem}"));
+            }
+            text
+        }
+    }
 }
 
 /// Reads and parses a RON file, then lets `finish` resolve relative paths against the file's
-/// folder and validate; every error names the file (and the line, or the field).
+/// folder and list what is wrong; every error names the file (and the line, or the fields).
 pub fn load_ron<T: serde::de::DeserializeOwned>(
     path: &Path,
-    finish: impl FnOnce(&mut T, &Path) -> Result<(), (&'static str, String)>,
+    finish: impl FnOnce(&mut T, &Path) -> Vec<ConfigProblem>,
 ) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_path_buf(),
@@ -240,14 +369,59 @@ pub fn load_ron<T: serde::de::DeserializeOwned>(
         column: e.span.start.col,
         message: e.code.to_string(),
     })?;
-    finish(&mut config, path.parent().unwrap_or(Path::new("."))).map_err(|(field, message)| {
-        ConfigError::Invalid {
-            path: path.to_path_buf(),
-            field,
-            message,
-        }
-    })?;
+    let problems = finish(&mut config, path.parent().unwrap_or(Path::new(".")));
+    ConfigError::check(Some(path), problems)?;
     Ok(config)
+}
+
+/// Writes any config as pretty RON.
+pub fn to_ron<T: Serialize>(config: &T) -> Result<String, ConfigError> {
+    ron::ser::to_string_pretty(config, ron::ser::PrettyConfig::default())
+        .map_err(|e| ConfigError::Serialize(e.to_string()))
+}
+
+/// Collects broken rules with their field paths.
+#[derive(Default)]
+pub struct Problems(pub Vec<ConfigProblem>);
+
+impl Problems {
+    pub fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigProblem::new(field, message));
+    }
+
+    pub fn in_range<N: PartialOrd + std::fmt::Display>(
+        &mut self,
+        field: &str,
+        value: N,
+        range: RangeInclusive<N>,
+    ) {
+        if !range.contains(&value) {
+            self.push(
+                field,
+                format!("must be in {}..={}, is {value}", range.start(), range.end()),
+            );
+        }
+    }
+
+    /// A finite number in `[min, max]` (NaN and ±∞ are never in range).
+    pub fn in_interval(&mut self, field: &str, value: f64, min: f64, max: f64) {
+        if !(value >= min && value <= max) {
+            self.push(field, format!("must be in [{min}, {max}], is {value}"));
+        }
+    }
+
+    pub fn positive(&mut self, field: &str, value: f64) {
+        if !(value.is_finite() && value > 0.0) {
+            self.push(field, format!("must be a positive number, is {value}"));
+        }
+    }
+
+    /// The rules of a model architecture, under `prefix` (`student.architecture`).
+    pub fn architecture(&mut self, prefix: &str, found: Vec<crate::model::rules::Problem>) {
+        for (field, message) in found {
+            self.push(format!("{prefix}.{field}"), message);
+        }
+    }
 }
 
 impl RunConfig {
@@ -255,7 +429,7 @@ impl RunConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         load_ron(path, |config: &mut Self, base| {
             config.resolve_paths(base);
-            config.validate()
+            config.problems()
         })
     }
 
@@ -275,149 +449,175 @@ impl RunConfig {
         self.probe.images.iter_mut().for_each(resolve);
     }
 
-    /// The first problem found, as (field, message).
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        let positive = |field: &'static str, v: usize| {
-            if v == 0 {
-                Err((field, "must be at least 1".to_string()))
-            } else {
-                Ok(())
-            }
-        };
-        positive("optim.batch_size", self.optim.batch_size)?;
-        positive("optim.grad_accum_steps", self.optim.grad_accum_steps)?;
-        positive("optim.epochs", self.optim.epochs)?;
-        positive("data.repeats", self.data.repeats)?;
-        positive("data.workers", self.data.workers)?;
-        positive("data.prefetch_batches", self.data.prefetch_batches)?;
-        positive("log_every", self.log_every)?;
-        if let Some(n) = self.val_every {
-            positive("val_every", n)?;
-        }
-        let fraction = |field, v: f64| {
-            if (0.0..=1.0).contains(&v) {
-                Ok(())
-            } else {
-                Err((field, format!("must be in [0, 1], is {v}")))
-            }
-        };
-        fraction("optim.warmup_fraction", self.optim.warmup_fraction)?;
-        fraction("data.hflip_probability", self.data.hflip_probability)?;
-        if !(0.0..1.0).contains(&self.data.val_fraction) {
-            return Err((
-                "data.val_fraction",
-                format!("must be in [0, 1), is {}", self.data.val_fraction),
-            ));
-        }
-        let (lo, hi) = self.data.crop_scale;
-        if !(0.0 < lo && lo <= hi && hi <= 1.0) {
-            return Err((
-                "data.crop_scale",
-                format!("needs 0 < min ≤ max ≤ 1, is ({lo}, {hi})"),
-            ));
-        }
-        let (lo, hi) = self.data.crop_ratio;
-        if !(0.0 < lo && lo <= hi) {
-            return Err((
-                "data.crop_ratio",
-                format!("needs 0 < min ≤ max, is ({lo}, {hi})"),
-            ));
-        }
-        if !(self.optim.base_lr > 0.0 && self.optim.base_lr.is_finite()) {
-            return Err((
-                "optim.base_lr",
-                format!("must be positive, is {}", self.optim.base_lr),
-            ));
-        }
-        let (b1, b2) = self.optim.betas;
-        if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2)) {
-            return Err((
-                "optim.betas",
-                format!("each must be in [0, 1), are ({b1}, {b2})"),
-            ));
-        }
-        if self.optim.weight_decay < 0.0 {
-            return Err(("optim.weight_decay", "must not be negative".into()));
-        }
-        if let Some(c) = self.optim.clip_grad_norm
-            && c <= 0.0
-        {
-            return Err(("optim.clip_grad_norm", format!("must be positive, is {c}")));
-        }
-        if self.teacher.weights.is_none() && self.teacher.architecture.is_none() {
-            return Err((
-                "teacher",
-                "give `weights` or an `architecture` for a random teacher".into(),
-            ));
-        }
-        if self.student.weights.is_none() && self.student.architecture.is_none() {
-            return Err((
-                "student",
-                "give `weights` or an `architecture` for a random student".into(),
-            ));
-        }
-        if let Some(t) = &self.teacher.architecture {
-            check_shape(
-                "teacher.architecture",
-                t.image_size,
-                t.patch_size,
-                t.embed_dim,
-                t.num_heads,
-            )?;
-            positive("teacher.architecture", t.depth.min(t.mlp_hidden_dim))?;
-        }
-        if let Some(s) = &self.student.architecture {
-            check_shape(
-                "student.architecture",
-                s.image_size,
-                s.patch_size,
-                s.embed_dim,
-                s.num_heads,
-            )?;
-            positive("student.architecture", s.mlp_hidden_dim)?;
-        }
-        if let (Some(t), Some(s)) = (&self.teacher.architecture, &self.student.architecture)
-            && (t.image_size, t.patch_size) != (s.image_size, s.patch_size)
-        {
-            return Err((
-                "student.architecture",
-                format!(
-                    "teacher sees {}px images in {}px patches, student {}px in {}px: they must agree (same tokens)",
-                    t.image_size, t.patch_size, s.image_size, s.patch_size
-                ),
-            ));
-        }
-        Ok(())
+    /// Every rule of the config itself that is broken (files are not opened: see the session's
+    /// checks against the weights and data).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ConfigError::check(None, self.problems())
     }
 
-    pub fn to_ron(&self) -> String {
-        ron::ser::to_string_pretty(self, ron::ser::PrettyConfig::default()).unwrap_or_default()
+    /// Every broken rule, in the order of the fields.
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut found = Problems::default();
+        self.teacher.problems(&mut found);
+        self.student.problems(&mut found);
+        if let (Some(t), Some(s)) = (&self.teacher.architecture, &self.student.architecture) {
+            shared_token_problems(t, s, &mut found);
+        }
+        self.data.problems(&mut found);
+        self.optim.problems(&mut found);
+        found.in_range("log_every", self.log_every, limits::STEPS);
+        if let Some(n) = self.val_every {
+            found.in_range("val_every", n, limits::STEPS);
+        }
+        found.in_range("probe.count", self.probe.count, limits::PROBE_COUNT);
+        found.0
+    }
+
+    pub fn to_ron(&self) -> Result<String, ConfigError> {
+        to_ron(self)
     }
 }
 
-/// A ViT's geometry: whole patches, whole heads, nothing zero.
-fn check_shape(
-    field: &'static str,
-    image_size: usize,
-    patch_size: usize,
-    embed_dim: usize,
-    num_heads: usize,
-) -> Result<(), (&'static str, String)> {
-    if image_size == 0 || patch_size == 0 || !image_size.is_multiple_of(patch_size) {
-        return Err((
-            field,
+/// Teacher and student are compared token by token: same tokens, same width.
+pub fn shared_token_problems(
+    teacher: &BeitV2Config,
+    student: &Data2Vec2Config,
+    found: &mut Problems,
+) {
+    if (teacher.image_size, teacher.patch_size) != (student.image_size, student.patch_size) {
+        found.push(
+            "student.architecture.image_size",
             format!(
-                "image_size {image_size} must be a positive multiple of patch_size {patch_size}"
+                "the teacher sees {}px images in {}px patches, the student {}px in {}px: they \
+                 must agree (the loss compares the tokens one by one)",
+                teacher.image_size, teacher.patch_size, student.image_size, student.patch_size
             ),
-        ));
+        );
     }
-    if num_heads == 0 || embed_dim == 0 || !embed_dim.is_multiple_of(num_heads) {
-        return Err((
-            field,
-            format!("embed_dim {embed_dim} must be a positive multiple of num_heads {num_heads}"),
-        ));
+    if teacher.embed_dim != student.embed_dim {
+        found.push(
+            "student.architecture.embed_dim",
+            format!(
+                "the student's width {} differs from the teacher's {}: the target and the \
+                 prediction are compared dimension by dimension",
+                student.embed_dim, teacher.embed_dim
+            ),
+        );
     }
-    Ok(())
+}
+
+impl TeacherConfig {
+    fn problems(&self, found: &mut Problems) {
+        match (&self.weights, &self.architecture) {
+            (None, None) => found.push(
+                "teacher",
+                "give `weights` or an `architecture` for a random teacher",
+            ),
+            (_, Some(architecture)) => {
+                found.architecture("teacher.architecture", architecture.problems())
+            }
+            (Some(_), None) => {}
+        }
+    }
+}
+
+impl StudentConfig {
+    fn problems(&self, found: &mut Problems) {
+        match (&self.weights, &self.architecture) {
+            (None, None) => found.push(
+                "student",
+                "give `weights` or an `architecture` for a random student",
+            ),
+            (_, Some(architecture)) => {
+                let broken = architecture.problems();
+                let depth_known = !broken
+                    .iter()
+                    .any(|(f, _)| *f == "depth" || *f == "prenet_depth");
+                found.architecture("student.architecture", broken);
+                if depth_known
+                    && let Some(message) = self
+                        .blocks
+                        .problem(architecture.prenet_depth, architecture.depth)
+                {
+                    found.push("student.blocks", message);
+                }
+            }
+            (Some(_), None) => {}
+        }
+    }
+}
+
+impl DataConfig {
+    fn problems(&self, found: &mut Problems) {
+        if self.val.is_none() && !(self.val_fraction >= 0.0 && self.val_fraction < 1.0) {
+            found.push(
+                "data.val_fraction",
+                format!("must be in [0, 1), is {}", self.val_fraction),
+            );
+        }
+        found.in_range("data.repeats", self.repeats, limits::REPEATS);
+        found.in_range("data.workers", self.workers, limits::WORKERS);
+        found.in_range(
+            "data.prefetch_batches",
+            self.prefetch_batches,
+            limits::PREFETCH_BATCHES,
+        );
+        let (lo, hi) = self.crop_scale;
+        if !(0.0 < lo && lo <= hi && hi <= 1.0) {
+            found.push(
+                "data.crop_scale",
+                format!("needs 0 < min ≤ max ≤ 1, is ({lo}, {hi})"),
+            );
+        }
+        let (lo, hi) = self.crop_ratio;
+        if !(0.0 < lo && lo <= hi && hi.is_finite()) {
+            found.push(
+                "data.crop_ratio",
+                format!("needs 0 < min ≤ max, both finite, is ({lo}, {hi})"),
+            );
+        }
+        found.in_interval("data.hflip_probability", self.hflip_probability, 0.0, 1.0);
+        found.in_range(
+            "data.max_image_pixels",
+            self.max_image_pixels,
+            limits::MAX_IMAGE_PIXELS,
+        );
+    }
+}
+
+impl OptimConfig {
+    fn problems(&self, found: &mut Problems) {
+        found.positive("optim.base_lr", self.base_lr);
+        found.in_range("optim.batch_size", self.batch_size, limits::BATCH_SIZE);
+        found.in_range(
+            "optim.grad_accum_steps",
+            self.grad_accum_steps,
+            limits::GRAD_ACCUM_STEPS,
+        );
+        found.in_range("optim.epochs", self.epochs, limits::EPOCHS);
+        if let Some(n) = self.max_steps {
+            found.in_range("optim.max_steps", n, limits::STEPS);
+        }
+        found.in_interval("optim.warmup_fraction", self.warmup_fraction, 0.0, 1.0);
+        let (b1, b2) = self.betas;
+        if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2)) {
+            found.push(
+                "optim.betas",
+                format!("each must be in [0, 1), are ({b1}, {b2})"),
+            );
+        }
+        // AdamW divides by √v + eps, and some gradients are exactly 0 (the key bias).
+        found.positive("optim.eps", self.eps);
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            found.push(
+                "optim.weight_decay",
+                format!("must be 0 or more, is {}", self.weight_decay),
+            );
+        }
+        if let Some(c) = self.clip_grad_norm {
+            found.positive("optim.clip_grad_norm", c);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -446,7 +646,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("optim.batch_size") && e.contains("at least 1"),
+            e.contains("c.ron: optim.batch_size: must be in 1..=65536, is 0"),
             "{e}"
         );
         let e = load_str("(seed: \"x\")").unwrap_err().to_string();
@@ -454,8 +654,59 @@ mod tests {
     }
 
     #[test]
+    fn every_problem_is_listed_with_its_field() {
+        let mut config = RunConfig::default();
+        config.optim.batch_size = 0;
+        config.data.workers = 0;
+        config.optim.eps = f64::NAN;
+        let student = config.student.architecture.as_mut().unwrap();
+        student.embed_dim = 62;
+        student.num_heads = 2;
+        let fields: Vec<String> = config.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "student.architecture.embed_dim",
+                "student.architecture.embed_dim",
+                "data.workers",
+                "optim.batch_size",
+                "optim.eps"
+            ],
+            "the sin-cos width, then the teacher's width, then the counts"
+        );
+        let text = config.validate().unwrap_err().to_string();
+        assert!(text.starts_with("5 problems in the config:"), "{text}");
+    }
+
+    #[test]
+    fn zero_main_blocks_are_caught_for_every_selection() {
+        for blocks in [
+            BlockSelection::All,
+            BlockSelection::EverySecond,
+            BlockSelection::FirstMain(1),
+        ] {
+            let mut config = RunConfig::default();
+            config.student.blocks = blocks;
+            config.student.architecture.as_mut().unwrap().depth = 0;
+            let problems = config.problems();
+            assert_eq!(problems.len(), 1, "{blocks:?}: {problems:?}");
+            assert_eq!(problems[0].field, "student.architecture.depth");
+        }
+        let mut config = RunConfig::default();
+        config.student.blocks = BlockSelection::FirstMain(11);
+        assert_eq!(config.problems()[0].field, "student.blocks");
+    }
+
+    #[test]
+    fn a_problem_is_about_its_field_and_the_fields_above() {
+        let p = ConfigProblem::new("student.architecture.embed_dim", "x");
+        assert!(p.is_about("student.architecture") && p.is_about("student.architecture.embed_dim"));
+        assert!(!p.is_about("student.arch") && !p.is_about("student.blocks"));
+    }
+
+    #[test]
     fn round_trips_through_ron() {
         let c = RunConfig::default();
-        assert_eq!(ron::from_str::<RunConfig>(&c.to_ron()).unwrap(), c);
+        assert_eq!(ron::from_str::<RunConfig>(&c.to_ron().unwrap()).unwrap(), c);
     }
 }

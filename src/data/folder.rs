@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::image_file::DecodeLimits;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageEntry {
     pub path: PathBuf,
@@ -14,6 +16,8 @@ pub struct ImageFolder {
     pub root: PathBuf,
     pub classes: Vec<String>,
     pub entries: Vec<ImageEntry>,
+    /// How large a picture its images may be decoded at.
+    pub limits: DecodeLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +88,13 @@ impl ImageFolder {
             root: root.to_path_buf(),
             classes,
             entries,
+            limits: DecodeLimits::default(),
         })
+    }
+
+    pub fn with_limits(mut self, limits: DecodeLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Holds out every k-th image (k ≈ 1/fraction) for validation; deterministic, spread over classes.
@@ -102,6 +112,7 @@ impl ImageFolder {
             root: self.root.clone(),
             classes: self.classes.clone(),
             entries: val.into_iter().map(|(_, e)| e).collect(),
+            limits: self.limits,
         })
     }
 }

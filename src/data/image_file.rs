@@ -1,10 +1,37 @@
 //! Decoding an image file into 8-bit RGB the way torchvision's `ImageFolder` sees it
 //! (Pillow `convert('RGB')`): gray replicated, alpha dropped, CMYK converted, EXIF orientation
-//! applied, 16-bit scaled down.
+//! applied, 16-bit scaled down — after checking the picture's size against a limit, so that a
+//! small file holding a huge picture (a decompression bomb) is refused before it is decoded.
 
 use std::path::Path;
 
-use image::{DynamicImage, ImageReader, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+
+/// Pillow's `MAX_IMAGE_PIXELS` (1024³ / 4 / 3 ≈ 89.5 M) doubled: above it Pillow raises
+/// `DecompressionBombError`, so no torchvision pipeline reads such a file either.
+pub const PILLOW_MAX_IMAGE_PIXELS: u64 = 2 * (1024 * 1024 * 1024 / 4 / 3);
+
+/// How large a picture may be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Width × height; larger pictures are refused (`data.max_image_pixels`).
+    pub max_pixels: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_pixels: PILLOW_MAX_IMAGE_PIXELS,
+        }
+    }
+}
+
+impl DecodeLimits {
+    /// What a decoder may allocate: the largest allowed picture as RGBA at 16 bits a channel.
+    fn max_alloc_bytes(self) -> u64 {
+        self.max_pixels.saturating_mul(8)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot decode image {path}: {message}")]
@@ -13,18 +40,30 @@ pub struct DecodeError {
     pub message: String,
 }
 
-pub fn decode_rgb(path: &Path) -> Result<RgbImage, DecodeError> {
+pub fn decode_rgb(path: &Path, limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
     let error = |message: String| DecodeError {
         path: path.to_path_buf(),
         message,
     };
-    let reader = ImageReader::open(path)
+    let mut reader = ImageReader::open(path)
         .map_err(|e| error(e.to_string()))?
         .with_guessed_format()
         .map_err(|e| error(e.to_string()))?;
+    let mut decoder_limits = image::Limits::default();
+    decoder_limits.max_alloc = Some(limits.max_alloc_bytes());
+    reader.limits(decoder_limits);
+    // Only the header has been read here: the size is known before any pixel is.
     let mut decoder = reader.into_decoder().map_err(|e| error(e.to_string()))?;
-    let orientation =
-        image::ImageDecoder::orientation(&mut decoder).map_err(|e| error(e.to_string()))?;
+    let (width, height) = decoder.dimensions();
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels {
+        return Err(error(format!(
+            "the picture is {width}×{height} = {pixels} pixels, more than data.max_image_pixels \
+             ({}); raise data.max_image_pixels in the config to read it",
+            limits.max_pixels
+        )));
+    }
+    let orientation = decoder.orientation().map_err(|e| error(e.to_string()))?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| error(e.to_string()))?;
     img.apply_orientation(orientation);
     if img.width() == 0 || img.height() == 0 {
@@ -82,7 +121,7 @@ mod tests {
             }
         });
         let (_dir, path) = temp_file("rotated.jpg", &jpeg_with_orientation_6(&img));
-        let out = decode_rgb(&path).unwrap();
+        let out = decode_rgb(&path, DecodeLimits::default()).unwrap();
         assert_eq!(out.dimensions(), (20, 40));
         assert!(out.get_pixel(10, 5)[0] > 200 && out.get_pixel(10, 35)[2] > 200);
     }
@@ -94,7 +133,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("deep.png");
         img16.save(&path).unwrap();
-        assert_eq!(decode_rgb(&path).unwrap().get_pixel(0, 0).0, [255, 128, 0]);
+        assert_eq!(
+            decode_rgb(&path, DecodeLimits::default())
+                .unwrap()
+                .get_pixel(0, 0)
+                .0,
+            [255, 128, 0]
+        );
 
         // An indexed (palette) PNG: two colours.
         let path = dir.path().join("palette.png");
@@ -108,7 +153,7 @@ mod tests {
             .unwrap()
             .write_image_data(&[0, 1])
             .unwrap();
-        let out = decode_rgb(&path).unwrap();
+        let out = decode_rgb(&path, DecodeLimits::default()).unwrap();
         assert_eq!(
             (out.get_pixel(0, 0).0, out.get_pixel(1, 0).0),
             ([10, 20, 30], [200, 100, 50])
@@ -116,9 +161,31 @@ mod tests {
     }
 
     #[test]
+    fn a_picture_over_the_limit_is_refused_before_decoding() {
+        // The 30000×30000 bomb itself is in tests/image_limits.rs.
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small.png");
+        image::GrayImage::new(20, 20).save(&small).unwrap();
+        let e = decode_rgb(&small, DecodeLimits { max_pixels: 399 })
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "small.png",
+            "20×20 = 400 pixels",
+            "data.max_image_pixels (399)",
+        ] {
+            assert!(e.contains(needle), "{needle:?} not in {e}");
+        }
+        let image = decode_rgb(&small, DecodeLimits { max_pixels: 400 }).unwrap();
+        assert_eq!(image.dimensions(), (20, 20));
+    }
+
+    #[test]
     fn garbage_is_an_error_naming_the_file() {
         let (_dir, path) = temp_file("noise.jpg", &[1, 2, 3, 4, 5]);
-        let e = decode_rgb(&path).unwrap_err().to_string();
+        let e = decode_rgb(&path, DecodeLimits::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("noise.jpg"), "{e}");
     }
 }

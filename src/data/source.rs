@@ -35,7 +35,7 @@ impl ImageSource for ImageFolder {
     }
 
     fn load(&self, index: usize) -> Result<RgbImage, DecodeError> {
-        decode_rgb(&self.entries[index].path)
+        decode_rgb(&self.entries[index].path, self.limits)
     }
 
     fn origin(&self, index: usize) -> PathBuf {

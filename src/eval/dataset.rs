@@ -152,6 +152,7 @@ fn open_folders(train_root: &Path, val_root: &Path) -> Result<LabelledData, Data
             root: root.to_path_buf(),
             classes: classes.clone(),
             entries,
+            limits: folder.limits,
         })
     };
     let train_set = relabel(&train, train_root)?;

@@ -3,16 +3,15 @@
 //!
 //! Probing never creates a burn device first: burn's CUDA backend panics on first use without a
 //! driver, so the driver library is looked for and asked for its device name beforehand.
+//! Running work on the selected backend is the session's (`session::on_backend!`).
 
 use std::fmt;
 
 use burn::backend::cuda::CudaDevice;
 use burn::backend::wgpu::WgpuDevice;
-use burn::backend::{Autodiff, Cuda, Flex, Wgpu};
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::{Deserialize, Serialize};
 
-use crate::weights::read::quietly_catch;
+use crate::guard::quietly_catch;
 
 /// What the user asked for (`--backend`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -113,64 +112,6 @@ fn probe_wgpu() -> Option<Selected> {
         name: best.name,
         software: best.device_type == wgpu::DeviceType::Cpu,
     })
-}
-
-/// Work that runs on whatever backend was selected (inference only).
-pub trait OnBackend {
-    type Output;
-    fn run<B: Backend>(self, device: B::Device) -> Self::Output;
-}
-
-/// Work that trains, on the autodiff version of the selected backend.
-pub trait OnAutodiffBackend {
-    type Output;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
-}
-
-impl Selected {
-    pub fn run<T: OnBackend>(&self, task: T) -> T::Output {
-        match self {
-            Self::Cuda { ordinal, .. } => task.run::<Cuda>(CudaDevice::new(*ordinal)),
-            Self::Wgpu { .. } => task.run::<Wgpu>(WgpuDevice::DefaultDevice),
-            Self::Cpu => task.run::<Flex>(Default::default()),
-        }
-    }
-
-    pub fn run_autodiff<T: OnAutodiffBackend>(&self, task: T) -> T::Output {
-        match self {
-            Self::Cuda { ordinal, .. } => task.run::<Autodiff<Cuda>>(CudaDevice::new(*ordinal)),
-            Self::Wgpu { .. } => task.run::<Autodiff<Wgpu>>(WgpuDevice::DefaultDevice),
-            Self::Cpu => task.run::<Autodiff<Flex>>(Default::default()),
-        }
-    }
-}
-
-/// Seeds the backend's random generator and runs `init` while no other thread of the process
-/// draws from it. burn's generator is process-wide and the app trains, inspects and evaluates at
-/// once: without the lock, a random (demo) model would depend on what else was running. burn
-/// initialises parameters lazily, at first use, so `init` must `materialize` what it builds.
-pub fn seeded<B: Backend, T>(device: &B::Device, seed: u64, init: impl FnOnce() -> T) -> T {
-    static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _only_us = GENERATOR
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    B::seed(device, seed);
-    init()
-}
-
-/// Makes every lazily initialised parameter of `module` draw its values now.
-pub fn materialize<B: Backend, M: burn::module::Module<B>>(module: M) -> M {
-    struct Touch;
-    impl<B: Backend> burn::module::ModuleVisitor<B> for Touch {
-        fn visit_float<const D: usize>(
-            &mut self,
-            param: &burn::module::Param<burn::tensor::Tensor<B, D>>,
-        ) {
-            let _ = param.val();
-        }
-    }
-    module.visit(&mut Touch);
-    module
 }
 
 /// Device memory held by burn's memory pools on `selected` (what it reserved; pools keep it, so

@@ -12,8 +12,8 @@ use burn::tensor::{DType, Tensor, TensorData};
 use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use serde::{Deserialize, Serialize};
 
-use super::optim::{AdamW, Moments};
 use crate::model::Data2Vec2;
+use crate::optim::{AdamW, Moments};
 use crate::weights::Architecture;
 use crate::weights::layout::{
     KDLAB_ARCHITECTURE_KEY, KDLAB_FORMAT, KDLAB_FORMAT_KEY, fairseq_name, kdlab_path_of_fairseq,
@@ -36,6 +36,31 @@ pub struct TrainState {
     pub best_val_loss: Option<f64>,
     /// AdamW's per-parameter step counts (by fairseq key).
     pub optim_steps: BTreeMap<String, u64>,
+    /// The losses since the last metrics line, so that a resumed run logs the same means as
+    /// one that never stopped (absent in checkpoints of kdlab before 0.1.1: an empty window).
+    #[serde(default)]
+    pub loss_window: LossWindowState,
+}
+
+impl TrainState {
+    /// Nothing done yet.
+    pub fn start() -> Self {
+        Self {
+            step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            best_val_loss: None,
+            optim_steps: BTreeMap::new(),
+            loss_window: LossWindowState::default(),
+        }
+    }
+}
+
+/// The sum (an f32, as the device summed it) and count of the losses since the last line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LossWindowState {
+    pub sum: f64,
+    pub count: usize,
 }
 
 /// The student's tensors under fairseq names, f32.
@@ -50,24 +75,15 @@ pub fn student_tensors<B: Backend>(student: &Data2Vec2<B>) -> Vec<(String, Tenso
         .collect()
 }
 
-/// Architecture metadata of a student whose main blocks were selected.
-pub fn student_architecture<B: Backend>(
-    base: &crate::model::Data2Vec2Config,
-    student: &Data2Vec2<B>,
-) -> Architecture {
-    let mut config = base.clone();
-    config.depth = student.blocks.len();
-    Architecture::Data2Vec2(config)
-}
-
-pub fn kdlab_metadata(architecture: &Architecture) -> HashMap<String, String> {
-    HashMap::from([
+/// The metadata that makes a safetensors file a kdlab file of `architecture`.
+pub fn kdlab_metadata(architecture: &Architecture) -> anyhow::Result<HashMap<String, String>> {
+    Ok(HashMap::from([
         (KDLAB_FORMAT_KEY.to_string(), KDLAB_FORMAT.to_string()),
         (
             KDLAB_ARCHITECTURE_KEY.to_string(),
-            serde_json::to_string(architecture).unwrap_or_default(),
+            serde_json::to_string(architecture).context("the architecture as JSON")?,
         ),
-    ])
+    ]))
 }
 
 /// Writes the student, its optimiser moments and the state.
@@ -88,7 +104,7 @@ pub fn save<B: Backend>(
         tensors.push((format!("{EXP_AVG_SQ}{key}"), m.exp_avg_sq.to_data()));
         state.optim_steps.insert(key, m.step);
     }
-    let mut metadata = kdlab_metadata(architecture);
+    let mut metadata = kdlab_metadata(architecture)?;
     metadata.insert(TRAIN_STATE_KEY.into(), serde_json::to_string(&state)?);
     metadata.insert(CONFIG_KEY.into(), config_ron.to_string());
     write_f32_tensors(path, &tensors, Some(metadata))
@@ -122,6 +138,12 @@ pub fn load_training_state<B: Backend>(
         let view = file
             .tensor(name)
             .with_context(|| format!("{}: missing optimiser tensor '{name}'", path.display()))?;
+        anyhow::ensure!(
+            view.dtype() == safetensors::Dtype::F32,
+            "{}: optimiser tensor '{name}' is {:?}, not F32",
+            path.display(),
+            view.dtype()
+        );
         let n = view.shape().iter().product::<usize>();
         let data = TensorData::from_bytes_vec(view.data().to_vec(), vec![n], DType::F32);
         Ok(Tensor::from_data(data, device))

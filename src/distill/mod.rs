@@ -1,11 +1,148 @@
-//! The distillation: targets and loss, optimiser, schedule, the loop, checkpoints, run directory.
+//! The distillation: a run from its request to its outcome. `train` checks everything it can
+//! before a tensor exists (the config, the weights files against it, the data against the
+//! batch), opens or creates the run directory, then runs the `Trainer` on the session's backend.
 
 pub mod checkpoint;
-pub mod optim;
+pub mod data;
+pub mod events;
 pub mod probe;
-pub mod run_dir;
-pub mod schedule;
-pub mod target;
-pub mod train;
+mod trainer;
+pub mod validation;
 
-pub use target::{kd_loss, prepare_target};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use data::TrainingData;
+pub use events::{Event, NonFiniteLoss, Outcome};
+pub use trainer::{kd_backward, student_backward};
+
+use crate::config::RunConfig;
+use crate::session::{EngineError, ModelPlan, RunDir, Session, on_backend};
+use trainer::Trainer;
+
+/// Where a run starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunStart {
+    /// A new run directory under `runs_dir`.
+    Fresh { runs_dir: PathBuf },
+    /// An existing run directory, from its last checkpoint.
+    Resume { run_dir: PathBuf },
+}
+
+/// Stop and pause, raised from another thread (Ctrl-C, the app's buttons).
+#[derive(Debug, Clone, Default)]
+pub struct TrainControl {
+    stop: Arc<AtomicBool>,
+    pause: Arc<AtomicBool>,
+}
+
+impl TrainControl {
+    /// Stops at `stop` (Ctrl-C's flag, say) and never pauses.
+    pub fn with_stop(stop: Arc<AtomicBool>) -> Self {
+        Self {
+            stop,
+            pause: Arc::default(),
+        }
+    }
+
+    /// Save a checkpoint after the current batch and return.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Hold between batches (true) or go on (false).
+    pub fn set_paused(&self, paused: bool) {
+        self.pause.store(paused, Ordering::SeqCst);
+    }
+
+    pub fn pause_requested(&self) -> bool {
+        self.pause.load(Ordering::SeqCst)
+    }
+}
+
+/// What to train.
+#[derive(Debug, Clone)]
+pub struct TrainRequest {
+    pub start: RunStart,
+    /// The config to train with; None resumes with the run's own `config.ron` (required for a
+    /// fresh run).
+    pub config: Option<RunConfig>,
+    /// Stop after this many optimiser steps in total (the schedule still spans the epochs).
+    pub max_steps: Option<usize>,
+    pub control: TrainControl,
+}
+
+/// How a run ended, and where it is.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub outcome: Outcome,
+    pub run: RunDir,
+}
+
+/// A run with everything checked: what `Trainer` starts from.
+pub(crate) struct RunPlan {
+    pub config: RunConfig,
+    pub models: ModelPlan,
+    pub data: TrainingData,
+    pub resume: bool,
+    pub max_steps: Option<usize>,
+}
+
+/// Where the run directory comes from.
+enum Destination<'a> {
+    Existing(RunDir),
+    New { runs_dir: &'a std::path::Path },
+}
+
+/// Trains (or resumes) a run: the one entry the CLI and the app share.
+pub fn train(
+    session: &Session,
+    request: &TrainRequest,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Finished, EngineError> {
+    let destination = match &request.start {
+        RunStart::Resume { run_dir } => Destination::Existing(RunDir::resumable(run_dir)?),
+        RunStart::Fresh { runs_dir } => Destination::New { runs_dir },
+    };
+    let config = match (&request.config, &destination) {
+        (Some(config), _) => config.clone(),
+        (None, Destination::Existing(run)) => run.read_config()?,
+        (None, Destination::New { .. }) => {
+            return Err(EngineError::Failed(anyhow::anyhow!(
+                "a new run needs a config"
+            )));
+        }
+    };
+    config.validate()?;
+    let resumed_from = match &destination {
+        Destination::Existing(run) => Some(run.last_checkpoint()),
+        Destination::New { .. } => None,
+    };
+    let plan = RunPlan {
+        models: ModelPlan::resolve(&config, resumed_from.as_deref())?,
+        data: TrainingData::open(&config)?,
+        resume: resumed_from.is_some(),
+        max_steps: request.max_steps,
+        config,
+    };
+    if let Some(warning) = session.precision_warning(plan.config.precision) {
+        on_event(Event::Warning(warning));
+    }
+    // Only now, with nothing left to refuse, does a new run directory appear.
+    let run = match destination {
+        Destination::Existing(run) => run,
+        Destination::New { runs_dir } => RunDir::create(runs_dir, &plan.config.name, &plan.config)?,
+    };
+    let batch_size = plan.config.optim.batch_size;
+    let outcome = on_backend!(session, Some(batch_size), |B, device| {
+        let (trainer, student) =
+            Trainer::<B>::new(&plan, &run, &request.control, on_event, &device)?;
+        trainer.run(student)
+    })?;
+    Ok(Finished { outcome, run })
+}

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 
-use super::train::Data;
 use crate::config::RunConfig;
 use crate::inspect::Analysis;
 use crate::inspect::analysis::{ProbeImage, student_tokens, teacher_tokens};
@@ -23,31 +22,6 @@ pub struct ProbeSet {
     size: usize,
 }
 
-/// The run's folder of per-epoch maps.
-pub fn heatmaps_dir(run_root: &Path) -> PathBuf {
-    run_root.join("heatmaps")
-}
-
-/// `heatmaps/epoch-NNN` for the maps after epoch `epoch` (counted from 1).
-pub fn epoch_dir(run_root: &Path, epoch: usize) -> PathBuf {
-    heatmaps_dir(run_root).join(format!("epoch-{epoch:03}"))
-}
-
-/// The probe images the config names, else the first `probe.count` validation (or training)
-/// images.
-pub fn probe_paths(config: &RunConfig, data: &Data) -> Vec<PathBuf> {
-    if !config.probe.images.is_empty() {
-        return config.probe.images.clone();
-    }
-    let folder = data.val.as_ref().unwrap_or(&data.train);
-    folder
-        .entries
-        .iter()
-        .take(config.probe.count)
-        .map(|e| e.path.clone())
-        .collect()
-}
-
 impl ProbeSet {
     /// Loads the images and computes the teacher's targets; unreadable images are returned as
     /// (path, reason) and left out. None when there is nothing to probe.
@@ -62,7 +36,7 @@ impl ProbeSet {
         let mut images = Vec::new();
         let mut skipped = Vec::new();
         for path in paths {
-            match ProbeImage::load(path, size, grid) {
+            match ProbeImage::load(path, size, grid, config.data.decode_limits()) {
                 Ok(image) => images.push(image),
                 Err(e) => skipped.push((path.clone(), e.message)),
             }

@@ -1,0 +1,72 @@
+//! What a training run tells whoever started it (the CLI's progress bar, the app's Run panel),
+//! and how it ends.
+
+use std::path::PathBuf;
+
+use crate::session::MetricsLine;
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    Started {
+        run_dir: PathBuf,
+        total_steps: usize,
+        steps_per_epoch: usize,
+        start_step: usize,
+        train_images: usize,
+        val_images: usize,
+    },
+    /// Something the user should know before it costs them (bf16 on the CPU).
+    Warning(String),
+    /// A metrics line was written.
+    Step(MetricsLine),
+    Validation {
+        step: usize,
+        epoch: usize,
+        val_loss: f64,
+    },
+    SkippedFile {
+        path: PathBuf,
+        reason: String,
+    },
+    CheckpointSaved(PathBuf),
+    /// The probe set's maps for the student after `epoch` epochs are in `dir`.
+    Heatmaps {
+        epoch: usize,
+        dir: PathBuf,
+    },
+    /// The loop is holding between batches after `step` (the app's Pause took effect).
+    Paused {
+        step: usize,
+    },
+    /// The loop goes on after a pause.
+    Continued,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    ReachedMaxSteps,
+    Interrupted,
+}
+
+impl Outcome {
+    /// What happened, for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Completed => "finished",
+            Self::ReachedMaxSteps => "stopped at the step limit (max steps)",
+            Self::Interrupted => "interrupted; resume continues it",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the loss became {loss} by step {step} (epoch {epoch}); the run stopped and the last good \
+     checkpoint is kept. Lower optim.base_lr, set optim.clip_grad_norm, or use precision f32."
+)]
+pub struct NonFiniteLoss {
+    pub step: usize,
+    pub epoch: usize,
+    pub loss: f64,
+}

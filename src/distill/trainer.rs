@@ -1,0 +1,553 @@
+//! The training loop as a small type. One `Trainer` per run; the student flows through `run`
+//! (AdamW takes it and returns the updated one), everything else the loop needs is here.
+//!
+//! Per batch: hold while paused, forward/backward (`accumulate`), and every
+//! `grad_accum_steps` batches an optimiser `step`, then `log_if_due`, `validate_if_due` and
+//! the stop checks. Per epoch: validate, heatmaps, checkpoint (`end_epoch`).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+
+use super::checkpoint::{self, LossWindowState, TrainState};
+use super::data::TrainingData;
+use super::events::{Event, NonFiniteLoss, Outcome};
+use super::probe::ProbeSet;
+use super::validation::validation_loss;
+use super::{RunPlan, TrainControl};
+use crate::config::{Precision, RunConfig};
+use crate::data::loader::{BatchStream, LoaderSettings, Transform, epoch_order, spawn_epoch};
+use crate::data::train_transform;
+use crate::inspect::Provenance;
+use crate::model::{BeitV2, Data2Vec2};
+use crate::optim::{AdamW, CosineWithWarmup, clip_grad_norm};
+use crate::session::{MetricsLine, Models, RunDir, RunRecorder, teacher_target};
+use crate::target::{kd_loss, prepare_target};
+use crate::weights::Architecture;
+
+/// Where the run may go: the schedule's length and where this invocation stops.
+struct StepLimits {
+    total_steps: usize,
+    /// `--max-steps` (or `optim.max_steps`), at most `total_steps`; the schedule is unchanged.
+    max_steps: usize,
+}
+
+impl StepLimits {
+    fn of(plan: &RunPlan) -> Self {
+        let total_steps = plan.data.steps_per_epoch * plan.config.optim.epochs;
+        Self {
+            total_steps,
+            max_steps: plan
+                .max_steps
+                .or(plan.config.optim.max_steps)
+                .map_or(total_steps, |m| m.min(total_steps)),
+        }
+    }
+}
+
+/// A resumed run's training state and AdamW moments, from its last checkpoint.
+fn restore<B: Backend>(
+    run: &RunDir,
+    optimizer: &mut AdamW<B>,
+    recorder: &mut RunRecorder,
+    device: &B::Device,
+) -> anyhow::Result<TrainState> {
+    let last = run.last_checkpoint();
+    let (state, moments) = checkpoint::load_training_state(&last, device)?;
+    optimizer.state = moments;
+    recorder.log(&format!(
+        "resumed from {} at step {}",
+        last.display(),
+        state.step
+    ));
+    Ok(state)
+}
+
+/// The training transform at the model's input size, as the config sets it.
+fn augmentation(config: &RunConfig, size: usize) -> Transform {
+    let d = &config.data;
+    let (scale, ratio, flip) = (d.crop_scale, d.crop_ratio, d.hflip_probability);
+    Arc::new(move |img, rng| train_transform(img, size as u32, scale, ratio, flip, rng))
+}
+
+pub(super) struct Trainer<'a, B: AutodiffBackend> {
+    config: &'a RunConfig,
+    run: &'a RunDir,
+    control: &'a TrainControl,
+    on_event: &'a mut dyn FnMut(Event),
+    recorder: RunRecorder,
+    config_ron: String,
+    device: B::Device,
+    teacher: BeitV2<B::InnerBackend>,
+    student_architecture: Architecture,
+    optimizer: AdamW<B::InnerBackend>,
+    schedule: CosineWithWarmup,
+    limits: StepLimits,
+    state: TrainState,
+    data: &'a TrainingData,
+    size: usize,
+    augment: Transform,
+    probe: Option<ProbeSet>,
+    accumulator: GradientsAccumulator<Data2Vec2<B>>,
+    accumulated: usize,
+    window: LossWindow<B::InnerBackend>,
+    speed: Speed,
+    last_lr: f64,
+    /// Unreadable files are reported once, however often the epochs meet them.
+    reported: HashSet<PathBuf>,
+}
+
+impl<'a, B: AutodiffBackend> Trainer<'a, B> {
+    /// Builds the models, restores a resumed run's state and prepares the probe set; returns
+    /// the trainer and the student it trains.
+    pub(super) fn new(
+        plan: &'a RunPlan,
+        run: &'a RunDir,
+        control: &'a TrainControl,
+        on_event: &'a mut dyn FnMut(Event),
+        device: &B::Device,
+    ) -> anyhow::Result<(Self, Data2Vec2<B>)> {
+        let config = &plan.config;
+        let Models { teacher, student } = plan.models.build::<B>(device)?;
+        let (size, grid) = plan.models.geometry();
+        let mut recorder = run.recorder()?;
+        let mut optimizer = AdamW::new(config.optim.adamw());
+        let state = if plan.resume {
+            restore(run, &mut optimizer, &mut recorder, device)?
+        } else {
+            TrainState::start()
+        };
+        let limits = StepLimits::of(plan);
+        let mut trainer = Self {
+            config,
+            run,
+            control,
+            on_event,
+            recorder,
+            config_ron: config.to_ron()?,
+            device: device.clone(),
+            student_architecture: plan.models.student_architecture(),
+            optimizer,
+            schedule: CosineWithWarmup {
+                peak_lr: config.optim.peak_lr(),
+                warmup_steps: (config.optim.warmup_fraction * limits.total_steps as f64) as usize,
+                total_steps: limits.total_steps,
+            },
+            limits,
+            window: LossWindow::restore(state.loss_window, device),
+            state,
+            data: &plan.data,
+            size,
+            augment: augmentation(config, size),
+            probe: None,
+            accumulator: GradientsAccumulator::new(),
+            accumulated: 0,
+            speed: Speed::start(),
+            last_lr: 0.0,
+            reported: HashSet::new(),
+            teacher,
+        };
+        trainer.announce();
+        let paths = plan.data.probe_paths(config);
+        let (probe, skipped) =
+            ProbeSet::prepare(&paths, config, &trainer.teacher, size, grid, device)?;
+        trainer.report_skipped(skipped);
+        trainer.probe = probe;
+        Ok((trainer, student))
+    }
+
+    fn announce(&mut self) {
+        let event = Event::Started {
+            run_dir: self.run.root().to_path_buf(),
+            total_steps: self.limits.max_steps,
+            steps_per_epoch: self.data.steps_per_epoch,
+            start_step: self.state.step,
+            train_images: self.data.train.entries.len(),
+            val_images: self.data.val.as_ref().map_or(0, |v| v.entries.len()),
+        };
+        (self.on_event)(event);
+    }
+
+    /// Trains until the schedule ends, the step limit is reached or a stop is asked for.
+    pub(super) fn run(mut self, mut student: Data2Vec2<B>) -> anyhow::Result<Outcome> {
+        if self.state.step == 0 {
+            self.write_heatmaps(&student)?;
+        }
+        while self.state.step < self.limits.max_steps && self.state.epoch < self.config.optim.epochs
+        {
+            let (trained, stop) = self.run_epoch(student)?;
+            student = trained;
+            if let Some(outcome) = stop {
+                self.checkpoint(&student)?;
+                self.recorder.log(&format!(
+                    "{} at step {}",
+                    outcome.describe(),
+                    self.state.step
+                ));
+                return Ok(outcome);
+            }
+            self.end_epoch(&student)?;
+        }
+        Ok(Outcome::Completed)
+    }
+
+    /// The rest of the current epoch; `.1` is why it stopped early.
+    fn run_epoch(
+        &mut self,
+        mut student: Data2Vec2<B>,
+    ) -> anyhow::Result<(Data2Vec2<B>, Option<Outcome>)> {
+        for batch in self.epoch_batches() {
+            self.hold_while_paused();
+            self.report_skipped(batch.skipped);
+            self.state.batch_in_epoch = batch.index + 1;
+            if batch.len == 0 {
+                continue;
+            }
+            self.accumulate(&student, batch.pixels, batch.len);
+            if self.accumulated < self.config.optim.grad_accum_steps {
+                continue;
+            }
+            student = self.step(student);
+            self.log_if_due()?;
+            self.validate_if_due(&student)?;
+            if let Some(outcome) = self.stop_reason() {
+                return Ok((student, Some(outcome)));
+            }
+        }
+        Ok((student, None))
+    }
+
+    /// The epoch's batches from where it stands, in the order fixed by (seed, epoch).
+    fn epoch_batches(&self) -> BatchStream {
+        let config = self.config;
+        let order = epoch_order(
+            self.data.train.entries.len(),
+            config.data.repeats,
+            config.seed,
+            self.state.epoch,
+            true,
+        );
+        let loader = LoaderSettings {
+            batch_size: config.optim.batch_size,
+            workers: config.data.workers,
+            prefetch_batches: config.data.prefetch_batches,
+            drop_last: true,
+            seed: config.seed,
+        };
+        spawn_epoch(
+            self.data.train.clone(),
+            order,
+            self.state.batch_in_epoch,
+            self.state.epoch,
+            &loader,
+            self.augment.clone(),
+        )
+    }
+
+    /// Forward and backward of one batch; its gradients join those of the global batch.
+    fn accumulate(&mut self, student: &Data2Vec2<B>, pixels: Vec<f32>, len: usize) {
+        let size = self.size;
+        let images = Tensor::<B::InnerBackend, 4>::from_data(
+            TensorData::new(pixels, [len, 3, size, size]),
+            &self.device,
+        );
+        let (loss, grads) = kd_backward(
+            &self.teacher,
+            student,
+            images,
+            self.config.precision,
+            1.0 / self.config.optim.grad_accum_steps as f64,
+        );
+        self.accumulator.accumulate(student, grads);
+        self.accumulated += 1;
+        self.window.add(loss);
+        self.speed.images += len;
+    }
+
+    /// One AdamW update with the accumulated gradients (clipped when configured).
+    fn step(&mut self, student: Data2Vec2<B>) -> Data2Vec2<B> {
+        self.accumulated = 0;
+        let mut grads = self.accumulator.grads();
+        if let Some(max_norm) = self.config.optim.clip_grad_norm {
+            clip_grad_norm(&student, &mut grads, max_norm);
+        }
+        self.last_lr = self.schedule.lr(self.state.step);
+        let student = self.optimizer.step(self.last_lr, student, grads);
+        self.state.step += 1;
+        student
+    }
+
+    /// A metrics line every `log_every` steps and at the schedule's end, with the mean loss
+    /// since the previous line. A stop in between writes none: the window goes into the
+    /// checkpoint, so a resumed run logs exactly the lines an uninterrupted one does.
+    fn log_if_due(&mut self) -> anyhow::Result<()> {
+        let step = self.state.step;
+        if !(step.is_multiple_of(self.config.log_every) || step == self.limits.total_steps) {
+            return Ok(());
+        }
+        let mean = self.window.take_mean();
+        self.ensure_finite(mean)?;
+        let line = MetricsLine {
+            step,
+            epoch: self.state.epoch,
+            loss: Some(mean),
+            lr: Some(self.last_lr),
+            img_per_s: Some(self.speed.take_rate()),
+            val_loss: None,
+        };
+        self.recorder.metrics(&line)?;
+        (self.on_event)(Event::Step(line));
+        Ok(())
+    }
+
+    fn validate_if_due(&mut self, student: &Data2Vec2<B>) -> anyhow::Result<()> {
+        let step = self.state.step;
+        if self
+            .config
+            .val_every
+            .is_some_and(|every| step.is_multiple_of(every))
+        {
+            self.validate(student)?;
+        }
+        Ok(())
+    }
+
+    fn stop_reason(&self) -> Option<Outcome> {
+        let limits = &self.limits;
+        if self.control.stop_requested() {
+            Some(Outcome::Interrupted)
+        } else if self.state.step >= limits.max_steps && limits.max_steps < limits.total_steps {
+            Some(Outcome::ReachedMaxSteps)
+        } else {
+            None
+        }
+    }
+
+    /// Validation, the probe maps and a checkpoint; the best checkpoint when validation improved.
+    fn end_epoch(&mut self, student: &Data2Vec2<B>) -> anyhow::Result<()> {
+        let window = self.window.peek_sum();
+        self.ensure_finite(window)?;
+        let improved = self.validate(student)?;
+        self.state.epoch += 1;
+        self.state.batch_in_epoch = 0;
+        self.write_heatmaps(student)?;
+        self.checkpoint(student)?;
+        if improved {
+            let (last, best) = (self.run.last_checkpoint(), self.run.best_checkpoint());
+            std::fs::copy(&last, &best)
+                .with_context(|| format!("cannot write {}", best.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Saves `checkpoints/last` — never a student that met a non-finite loss.
+    fn checkpoint(&mut self, student: &Data2Vec2<B>) -> anyhow::Result<()> {
+        self.state.loss_window = self.window.state();
+        self.ensure_finite(self.state.loss_window.sum)?;
+        let path = self.run.last_checkpoint();
+        checkpoint::save(
+            &path,
+            &student.valid(),
+            &self.student_architecture,
+            &self.optimizer,
+            &self.state,
+            &self.config_ron,
+        )?;
+        (self.on_event)(Event::CheckpointSaved(path));
+        Ok(())
+    }
+
+    /// The validation loss, recorded; whether it is the best so far (false without a folder).
+    fn validate(&mut self, student: &Data2Vec2<B>) -> anyhow::Result<bool> {
+        let Some(folder) = &self.data.val else {
+            return Ok(false);
+        };
+        let (val_loss, skipped) = validation_loss(
+            self.config,
+            &self.teacher,
+            &student.valid(),
+            folder,
+            self.size,
+        )?;
+        self.report_skipped(skipped);
+        let (step, epoch) = (self.state.step, self.state.epoch);
+        self.recorder.metrics(&MetricsLine {
+            step,
+            epoch,
+            loss: None,
+            lr: None,
+            img_per_s: None,
+            val_loss: Some(val_loss),
+        })?;
+        self.recorder.log(&format!(
+            "step {step} epoch {epoch}: val_loss {val_loss:.6}"
+        ));
+        (self.on_event)(Event::Validation {
+            step,
+            epoch,
+            val_loss,
+        });
+        let improved = self.state.best_val_loss.is_none_or(|best| val_loss < best);
+        if improved {
+            self.state.best_val_loss = Some(val_loss);
+        }
+        Ok(improved)
+    }
+
+    /// The probe set's maps for the student as it is now, into `heatmaps/epoch-NNN`.
+    fn write_heatmaps(&mut self, student: &Data2Vec2<B>) -> anyhow::Result<()> {
+        let Some(probe) = &self.probe else {
+            return Ok(());
+        };
+        let epoch = self.state.epoch;
+        let dir = self.run.epoch_heatmaps(epoch);
+        let provenance = Provenance {
+            checkpoint: None,
+            epoch: Some(epoch),
+            step: Some(self.state.step),
+        };
+        probe.write(&student.valid(), &dir, &provenance, &self.device)?;
+        (self.on_event)(Event::Heatmaps { epoch, dir });
+        Ok(())
+    }
+
+    /// Waits between batches while the app's Pause holds, saying when it starts and ends.
+    fn hold_while_paused(&mut self) {
+        if !self.control.pause_requested() || self.control.stop_requested() {
+            return;
+        }
+        (self.on_event)(Event::Paused {
+            step: self.state.step,
+        });
+        while self.control.pause_requested() && !self.control.stop_requested() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.speed = Speed::start();
+        (self.on_event)(Event::Continued);
+    }
+
+    /// Stops the run (logged) when the losses since the last check were not all finite.
+    fn ensure_finite(&mut self, loss: f64) -> Result<(), NonFiniteLoss> {
+        if loss.is_finite() {
+            return Ok(());
+        }
+        let (step, epoch) = (self.state.step, self.state.epoch);
+        self.recorder
+            .log(&format!("non-finite loss {loss} in the steps up to {step}"));
+        Err(NonFiniteLoss { step, epoch, loss })
+    }
+
+    /// Logs and announces files that could not be read, once each.
+    fn report_skipped(&mut self, skipped: Vec<(PathBuf, String)>) {
+        for (path, reason) in skipped {
+            if self.reported.insert(path.clone()) {
+                self.recorder
+                    .log(&format!("skipped {}: {reason}", path.display()));
+                (self.on_event)(Event::SkippedFile { path, reason });
+            }
+        }
+    }
+}
+
+/// The losses since the last metrics line, summed on the device: reading each step back would
+/// make the host wait for the device before it could queue the next step.
+struct LossWindow<B: Backend> {
+    sum: Option<Tensor<B, 1>>,
+    count: usize,
+}
+
+impl<B: Backend> LossWindow<B> {
+    /// The window a checkpoint saved (the same f32 sum, so later sums round the same way).
+    fn restore(saved: LossWindowState, device: &B::Device) -> Self {
+        Self {
+            sum: (saved.count > 0).then(|| Tensor::from_floats([saved.sum as f32], device)),
+            count: saved.count,
+        }
+    }
+
+    fn add(&mut self, loss: Tensor<B, 1>) {
+        self.sum = Some(match self.sum.take() {
+            Some(sum) => sum + loss,
+            None => loss,
+        });
+        self.count += 1;
+    }
+
+    fn read(sum: &Option<Tensor<B, 1>>) -> f64 {
+        sum.clone().map_or(0.0, |s| s.into_scalar().elem::<f64>())
+    }
+
+    /// The sum so far (NaN or ∞ when a loss was), the window kept.
+    fn peek_sum(&self) -> f64 {
+        Self::read(&self.sum)
+    }
+
+    /// The mean, and a new window.
+    fn take_mean(&mut self) -> f64 {
+        let mean = Self::read(&self.sum) / self.count.max(1) as f64;
+        (self.sum, self.count) = (None, 0);
+        mean
+    }
+
+    fn state(&self) -> LossWindowState {
+        LossWindowState {
+            sum: self.peek_sum(),
+            count: self.count,
+        }
+    }
+}
+
+/// Images per second since the last metrics line (or the start, or a pause).
+struct Speed {
+    images: usize,
+    since: Instant,
+}
+
+impl Speed {
+    fn start() -> Self {
+        Self {
+            images: 0,
+            since: Instant::now(),
+        }
+    }
+
+    fn take_rate(&mut self) -> f64 {
+        let rate = self.images as f64 / self.since.elapsed().as_secs_f64().max(1e-9);
+        *self = Self::start();
+        rate
+    }
+}
+
+/// The KD loss of one batch (f32, left on the device) and the student's gradients of
+/// `loss × grad_scale` — the training step without the optimiser.
+pub fn kd_backward<B: AutodiffBackend>(
+    teacher: &BeitV2<B::InnerBackend>,
+    student: &Data2Vec2<B>,
+    images: Tensor<B::InnerBackend, 4>,
+    precision: Precision,
+    grad_scale: f64,
+) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
+    let target = teacher_target(teacher, images.clone(), precision);
+    student_backward(student, images, target, grad_scale)
+}
+
+/// The student's half of `kd_backward`, against a given target.
+pub fn student_backward<B: AutodiffBackend>(
+    student: &Data2Vec2<B>,
+    images: Tensor<B::InnerBackend, 4>,
+    target: Tensor<B::InnerBackend, 3>,
+    grad_scale: f64,
+) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
+    let prediction = prepare_target(&student.forward(Tensor::from_inner(images)).layer_results);
+    let loss = kd_loss(prediction, Tensor::from_inner(target));
+    let value = loss.clone().inner();
+    let grads = GradientsParams::from_grads(loss.mul_scalar(grad_scale).backward(), student);
+    (value, grads)
+}

@@ -18,10 +18,11 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Precision, RunConfig};
 use crate::data::loader::{LoaderSettings, Transform, epoch_order, spawn_epoch};
 use crate::data::{ImageFolder, train_transform};
-use crate::distill::optim::{AdamW, AdamWSettings};
-use crate::distill::train::{Models, build_models, kd_backward, student_backward, teacher_target};
+use crate::distill::{kd_backward, student_backward};
+use crate::model::generator::seeded;
 use crate::model::{BeitV2Config, BlockSelection, Data2Vec2Config};
-use crate::weights::Architecture;
+use crate::optim::AdamW;
+use crate::session::{EngineError, ModelPlan, Models, Session, on_backend, teacher_target};
 
 #[derive(Debug, Clone)]
 pub struct BenchSettings {
@@ -93,37 +94,48 @@ fn timed<B: Backend>(
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// The three model measurements and the data pipeline; `say` hears what is being measured.
-pub fn bench<B: AutodiffBackend>(
+/// The three model measurements and the data pipeline on the session's backend, with the
+/// device named and its memory; `say` hears what is being measured.
+pub fn bench(
+    session: &Session,
+    config: &RunConfig,
+    settings: &BenchSettings,
+    say: &mut dyn FnMut(&str),
+) -> Result<BenchReport, EngineError> {
+    let mut config = config.clone();
+    config.precision = settings.precision;
+    let plan = ModelPlan::resolve(&config, None)?;
+    let mut report = on_backend!(session, Some(settings.batch), |B, device| {
+        bench_on::<B>(&plan, &config, settings, &device, say)
+    })?;
+    report.device = session.backend().to_string();
+    report.peak_memory_mb = session
+        .reserved_memory_bytes()
+        .map(|b| b as f64 / (1 << 20) as f64);
+    Ok(report)
+}
+
+fn bench_on<B: AutodiffBackend>(
+    plan: &ModelPlan,
     config: &RunConfig,
     settings: &BenchSettings,
     device: &B::Device,
     say: &mut dyn FnMut(&str),
 ) -> anyhow::Result<BenchReport> {
-    let mut config = config.clone();
-    config.precision = settings.precision;
     say("building the models");
-    let Models {
-        teacher,
-        student,
-        student_architecture,
-    } = build_models::<B>(&config, None, device)?;
-    let Architecture::Data2Vec2(student_config) = &student_architecture else {
-        anyhow::bail!("the student is not a data2vec 2.0 model");
-    };
-    let teacher_config = teacher_architecture(&config)?;
+    let Models { teacher, student } = plan.build::<B>(device)?;
+    let student_config = &plan.student.architecture;
+    let teacher_config = &plan.teacher.architecture;
     let size = student_config.image_size;
-    let images = Tensor::<B::InnerBackend, 4>::random(
-        [settings.batch, 3, size, size],
-        Distribution::Normal(0.0, 1.0),
-        device,
-    );
-    let mut optimizer = AdamW::<B::InnerBackend>::new(AdamWSettings {
-        beta1: config.optim.betas.0,
-        beta2: config.optim.betas.1,
-        eps: config.optim.eps,
-        weight_decay: config.optim.weight_decay,
+    // Drawn under the generator lock like every other draw of the process.
+    let images = seeded::<B::InnerBackend, _>(device, config.seed, || {
+        Tensor::<B::InnerBackend, 4>::random(
+            [settings.batch, 3, size, size],
+            Distribution::Normal(0.0, 1.0),
+            device,
+        )
     });
+    let mut optimizer = AdamW::<B::InnerBackend>::new(config.optim.adamw());
     let lr = config.optim.peak_lr();
     let per_second = |seconds: f64| (settings.batch * settings.steps) as f64 / seconds;
     let (warmup, steps) = (settings.warmup, settings.steps);
@@ -168,7 +180,7 @@ pub fn bench<B: AutodiffBackend>(
         }
         None => None,
     };
-    let gflop = flops::kd_step_gflop_per_image(&teacher_config, student_config);
+    let gflop = flops::kd_step_gflop_per_image(teacher_config, student_config);
     let kd_step_img_s = per_second(kd_step);
     Ok(BenchReport {
         tool: "kdlab".into(),
@@ -186,22 +198,6 @@ pub fn bench<B: AutodiffBackend>(
         kd_step_gflop_per_image: gflop,
         kd_step_tflop_s: kd_step_img_s * gflop / 1e3,
     })
-}
-
-/// The teacher's architecture: stated in the config, else read from its weights file.
-fn teacher_architecture(config: &RunConfig) -> anyhow::Result<BeitV2Config> {
-    if let Some(stated) = &config.teacher.architecture {
-        return Ok(stated.clone());
-    }
-    let path = config
-        .teacher
-        .weights
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("teacher: no weights and no architecture"))?;
-    match crate::weights::Checkpoint::open(path)?.architecture {
-        Architecture::BeitV2(c) => Ok(c),
-        Architecture::Data2Vec2(_) => anyhow::bail!("{} is not a BEiT v2 teacher", path.display()),
-    }
 }
 
 /// Images per second through decode + the training transform on `workers` threads, after the

@@ -2,7 +2,7 @@
 //! labelled data, then for each model load it, get its features (cache or forward passes), run
 //! k-NN or the linear probe, score and write the result.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -16,17 +16,64 @@ use super::metrics::score;
 use super::model::{LoadedModel, ModelSpec, Role};
 use super::report::EvalResult;
 use super::settings::{EvalConfig, Method};
+use crate::config::RunConfig;
 use crate::data::ImageSource;
+use crate::session::{EngineError, RunDir, Session, on_backend, utc_timestamp};
 
 pub struct EvalRequest {
     pub method: Method,
     /// Evaluated in this order (the student first, then the teacher beside it).
     pub models: Vec<ModelSpec>,
     pub config: EvalConfig,
-    /// Results go to `<out_dir>/eval/`, cached features to `<out_dir>/eval/features/`.
-    pub out_dir: PathBuf,
-    /// Named in the results.
-    pub backend: String,
+    /// Results go to its `eval/`, cached features to `eval/features/`.
+    pub out: RunDir,
+}
+
+/// Where results go: `out` when given, else the run the checkpoint belongs to, else a new
+/// `eval-<UTC time>` folder under `runs_dir`.
+pub fn results_dir(out: Option<&Path>, checkpoint: Option<&Path>, runs_dir: &Path) -> RunDir {
+    match (out, checkpoint.and_then(RunDir::of_checkpoint)) {
+        (Some(out), _) => RunDir::at(out),
+        (None, Some(run)) => run,
+        (None, None) => RunDir::at(runs_dir.join(format!("eval-{}", utc_timestamp()))),
+    }
+}
+
+impl ModelSpec {
+    /// The teacher of the run `checkpoint` belongs to, from its `config.ron` (a broken one is
+    /// an error, not a silent default); `outside_a_run` when the checkpoint is in no run.
+    pub fn teacher_of_run(
+        checkpoint: &Path,
+        outside_a_run: Option<&RunConfig>,
+    ) -> Result<Self, EngineError> {
+        let config = match (RunDir::of_checkpoint(checkpoint), outside_a_run) {
+            (Some(run), _) => run.read_config()?,
+            (None, Some(config)) => config.clone(),
+            (None, None) => {
+                return Err(EngineError::Failed(anyhow::anyhow!(
+                    "{} is in no run directory, so it has no run teacher (config.ron) to \
+                     evaluate; name the teacher's weights instead",
+                    checkpoint.display()
+                )));
+            }
+        };
+        Ok(Self::RunTeacher(Box::new(config)))
+    }
+}
+
+/// Evaluates every model of the request on the session's backend: the one entry the CLI and
+/// the app share. `stop` ends it early (`EngineError::Interrupted`, nothing written).
+pub fn evaluate(
+    session: &Session,
+    request: &EvalRequest,
+    stop: &AtomicBool,
+    on_event: &mut dyn FnMut(EvalEvent),
+) -> Result<Vec<EvalResult>, EngineError> {
+    request.config.validate()?;
+    let backend = session.backend().to_string();
+    on_backend!(session, Some(request.config.batch_size), |B, device| {
+        evaluate_on::<B>(request, &backend, &device, stop, on_event)
+    })
 }
 
 /// What an evaluation reports while it works.
@@ -51,8 +98,9 @@ pub enum EvalEvent {
     },
 }
 
-pub fn evaluate<B: AutodiffBackend>(
+fn evaluate_on<B: AutodiffBackend>(
     request: &EvalRequest,
+    backend: &str,
     device: &B::Device,
     stop: &AtomicBool,
     on_event: &mut dyn FnMut(EvalEvent),
@@ -72,7 +120,7 @@ pub fn evaluate<B: AutodiffBackend>(
         data.classes.len()
     )));
     let cache = FeatureCache {
-        dir: request.out_dir.join("eval").join("features"),
+        dir: request.out.eval_features_dir(),
     };
     let mut results = Vec::new();
     for spec in &request.models {
@@ -164,13 +212,13 @@ pub fn evaluate<B: AutodiffBackend>(
             knn: (request.method == Method::Knn).then_some(config.knn),
             linear: (request.method == Method::Linear).then_some(config.linear),
             history,
-            backend: request.backend.clone(),
+            backend: backend.to_string(),
             seconds: started.elapsed().as_secs_f64(),
             features_cached: train_cached && val_cached,
             class_names: data.classes.clone(),
             confusion: scores.confusion,
         };
-        let file = result.write(&request.out_dir)?;
+        let file = result.write(&request.out)?;
         on_event(EvalEvent::Finished {
             result: Box::new(result.clone()),
             file,

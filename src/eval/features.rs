@@ -16,6 +16,7 @@ use super::settings::Pooling;
 use crate::data::loader::{LoaderSettings, Transform, spawn_epoch};
 use crate::data::{ImageSource, validation_transform};
 use crate::model::Encoder;
+use crate::session::Interrupted;
 
 /// Pooled features `[len, dim]` row-major and the class of each row.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,11 +37,6 @@ impl FeatureSet {
         self.labels.is_empty()
     }
 }
-
-/// The user asked to stop; nothing was finished.
-#[derive(Debug, thiserror::Error)]
-#[error("stopped")]
-pub struct Stopped;
 
 /// The image feature the protocol uses, `[B, D]`, from the last hidden state `[B, 1 + N, D]`.
 pub fn pool<B: Backend>(last_hidden: Tensor<B, 3>, pooling: Pooling) -> Tensor<B, 2> {
@@ -85,7 +81,7 @@ impl<B: Backend> Extraction<'_, B> {
         let mut done = 0;
         for batch in spawn_epoch(source, order, 0, 0, &settings, transform) {
             if self.stop.load(Ordering::Relaxed) {
-                return Err(Stopped.into());
+                return Err(Interrupted.into());
             }
             done += batch.len + batch.skipped.len();
             set.skipped.extend(batch.skipped);

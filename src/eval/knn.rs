@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-use super::features::{FeatureSet, Stopped};
+use super::features::FeatureSet;
 use super::metrics::rank_classes;
 use super::settings::KnnSettings;
+use crate::session::Interrupted;
 
 /// LayerNorm's epsilon in BEiT's and timm's `fc_norm` (`partial(nn.LayerNorm, eps=1e-6)`).
 pub const NORM_EPS: f64 = 1e-6;
@@ -56,7 +57,7 @@ pub fn knn_rankings<B: Backend>(
     let mut start = 0;
     while start < val.len() {
         if stop.load(Ordering::Relaxed) {
-            return Err(Stopped.into());
+            return Err(Interrupted.into());
         }
         let len = rows.min(val.len() - start);
         let similarity = val_x.clone().narrow(0, start, len).matmul(train_t.clone()); // [len, N]

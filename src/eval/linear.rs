@@ -15,13 +15,14 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::features::{FeatureSet, Stopped};
+use super::features::FeatureSet;
 use super::knn::NORM_EPS;
 use super::metrics::{rank_classes, score};
 use super::settings::LinearSettings;
 use crate::data::loader::mix_seed;
-use crate::distill::optim::{AdamW, AdamWSettings};
-use crate::distill::schedule::CosineWithWarmup;
+use crate::model::generator::{materialize, seeded};
+use crate::optim::{AdamW, AdamWSettings, CosineWithWarmup};
+use crate::session::Interrupted;
 
 /// Validation rows scored per forward pass.
 const EVAL_ROWS: usize = 4096;
@@ -87,8 +88,8 @@ pub fn train_probe<B: AutodiffBackend>(
         val.dim
     );
     let (n, dim) = (train.len(), train.dim);
-    let mut probe = crate::backend::seeded::<B, _>(device, settings.seed, || {
-        crate::backend::materialize(LinearProbe::<B>::new(dim, classes, device))
+    let mut probe = seeded::<B, _>(device, settings.seed, || {
+        materialize(LinearProbe::<B>::new(dim, classes, device))
     });
     // The features live on the device once; each batch is gathered there.
     let features = Tensor::<B::InnerBackend, 2>::from_data(
@@ -126,7 +127,7 @@ pub fn train_probe<B: AutodiffBackend>(
         let mut loss_sum = Tensor::<B::InnerBackend, 1>::zeros([1], device);
         for batch in order.chunks(settings.batch_size) {
             if stop.load(Ordering::Relaxed) {
-                return Err(Stopped.into());
+                return Err(Interrupted.into());
             }
             let index = Tensor::<B::InnerBackend, 1, Int>::from_data(
                 TensorData::new(batch.iter().map(|&i| i as i64).collect(), [batch.len()]),

@@ -12,7 +12,7 @@ pub mod model;
 pub mod report;
 pub mod settings;
 
-pub use evaluate::{EvalEvent, EvalRequest, evaluate};
+pub use evaluate::{EvalEvent, EvalRequest, evaluate, results_dir};
 pub use model::{ModelSpec, Role};
-pub use report::EvalResult;
+pub use report::{EvalResult, SavedResults, read_saved};
 pub use settings::{DatasetKind, EvalConfig, Method, Pooling};

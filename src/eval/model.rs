@@ -7,8 +7,9 @@ use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use super::features::file_fingerprint;
-use crate::config::{Precision, RunConfig};
+use crate::config::RunConfig;
 use crate::model::{BlockSelection, Encoder};
+use crate::session::TeacherSource;
 use crate::weights::{Architecture, Checkpoint};
 
 /// What the evaluated encoder is in the distillation.
@@ -73,19 +74,11 @@ impl ModelSpec {
                     }
                     .load(device);
                 }
-                let architecture = config.teacher.architecture.clone().ok_or_else(|| {
-                    anyhow::anyhow!("the run's teacher has no weights and no architecture")
-                })?;
-                // Features are compared in f32 whatever precision the run trained in.
-                let config = RunConfig {
-                    precision: Precision::F32,
-                    ..(**config).clone()
-                };
-                // Seeded as training seeds it, so this is the very teacher the run distilled.
-                let teacher = crate::backend::seeded::<B, _>(device, config.seed, || {
-                    crate::distill::train::build_teacher::<B>(&config, device)
-                        .map(crate::backend::materialize)
-                })?;
+                let source = TeacherSource::of_config(config)?;
+                // Seeded as training seeds it, so this is the very teacher the run distilled;
+                // features are compared in f32 whatever precision the run trained in.
+                let teacher = source.build_alone::<B>(config.seed, device)?;
+                let architecture = source.architecture;
                 Ok(LoadedModel {
                     encoder: Encoder::BeitV2(teacher),
                     role: Role::Teacher,

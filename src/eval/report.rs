@@ -11,6 +11,7 @@ use super::linear::EpochLine;
 use super::metrics::Confusion;
 use super::model::Role;
 use super::settings::{DatasetKind, KnnSettings, LinearSettings, Method, Pooling};
+use crate::session::RunDir;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalResult {
@@ -64,7 +65,8 @@ impl EvalResult {
 
     /// The result without the per-class detail.
     pub fn summary(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(self).expect("plain data serialises");
+        // Plain numbers and strings: serde_json cannot fail on them (NaN becomes null).
+        let mut value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
         if let Some(map) = value.as_object_mut() {
             for key in BULKY {
                 map.remove(key);
@@ -73,27 +75,27 @@ impl EvalResult {
         value
     }
 
-    /// `<dir>/eval/<method>-<dataset>-<model>.json`.
-    pub fn file_in(&self, dir: &Path) -> PathBuf {
-        dir.join("eval").join(format!(
-            "{}-{}-{}.json",
+    /// `eval/<method>-<dataset>-<model>.json` of `run`.
+    pub fn file_in(&self, run: &RunDir) -> PathBuf {
+        run.eval_result_file(&format!(
+            "{}-{}-{}",
             self.method.name(),
             self.dataset.name(),
             self.model.name()
         ))
     }
 
-    /// Writes the full result and appends its summary to `<dir>/eval/results.jsonl`.
-    pub fn write(&self, dir: &Path) -> anyhow::Result<PathBuf> {
-        let path = self.file_in(dir);
-        let folder = path.parent().expect("file_in names a file in a folder");
-        std::fs::create_dir_all(folder)
+    /// Writes the full result and appends its summary to the run's `eval/results.jsonl`.
+    pub fn write(&self, run: &RunDir) -> anyhow::Result<PathBuf> {
+        let path = self.file_in(run);
+        let folder = run.eval_dir();
+        std::fs::create_dir_all(&folder)
             .with_context(|| format!("cannot create {}", folder.display()))?;
         crate::weights::write::write_atomically(
             &path,
             serde_json::to_string_pretty(self)?.as_bytes(),
         )?;
-        let log = folder.join("results.jsonl");
+        let log = run.eval_results_log();
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -114,6 +116,33 @@ impl EvalResult {
             _ => None,
         }
     }
+}
+
+/// The results saved in a run, and the files among them that could not be read.
+#[derive(Debug, Default)]
+pub struct SavedResults {
+    pub results: Vec<EvalResult>,
+    /// One line per unreadable file: its path and why.
+    pub unreadable: Vec<String>,
+}
+
+/// Every result saved in `run`'s `eval/`, in file-name order; a file that is not a result is
+/// named in `unreadable`, never dropped without a word.
+pub fn read_saved(run: &RunDir) -> SavedResults {
+    let mut saved = SavedResults::default();
+    for file in run.eval_result_files() {
+        let read = std::fs::read_to_string(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str::<EvalResult>(&text).map_err(|e| e.to_string()));
+        match read {
+            Ok(result) => saved.results.push(result),
+            Err(e) => saved.unreadable.push(format!(
+                "{} is not a readable evaluation result ({e})",
+                file.display()
+            )),
+        }
+    }
+    saved
 }
 
 /// One JSON object: the first result's summary, and any further one (the teacher) under its role.
@@ -178,4 +207,25 @@ pub fn table(results: &[EvalResult]) -> String {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_result_file_is_named_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::at(dir.path());
+        std::fs::create_dir_all(run.eval_dir()).unwrap();
+        std::fs::write(run.eval_result_file("knn-folder-student"), "{ not json").unwrap();
+        let saved = read_saved(&run);
+        assert!(saved.results.is_empty());
+        assert_eq!(saved.unreadable.len(), 1);
+        assert!(
+            saved.unreadable[0].contains("knn-folder-student.json"),
+            "{:?}",
+            saved.unreadable
+        );
+    }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, ConfigProblem, Problems, limits};
 
 /// k-NN or linear probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -162,49 +162,62 @@ impl EvalConfig {
                     *p = base.join(&*p);
                 }
             }
-            config.validate()
+            config.problems()
         })
     }
 
-    /// Every number that must be positive is; names the field otherwise.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        let positive = |field: &'static str, value: usize| {
-            if value == 0 {
-                Err((field, "must be at least 1".to_string()))
-            } else {
-                Ok(())
-            }
-        };
-        positive("batch_size", self.batch_size)?;
-        positive("workers", self.workers)?;
-        positive("knn.k", self.knn.k)?;
-        positive("linear.epochs", self.linear.epochs)?;
-        positive("linear.batch_size", self.linear.batch_size)?;
-        let finite_positive = |field: &'static str, value: f64| {
-            if value.is_finite() && value > 0.0 {
-                Ok(())
-            } else {
-                Err((field, format!("must be a positive number, not {value}")))
-            }
-        };
-        finite_positive("knn.temperature", self.knn.temperature)?;
-        finite_positive("linear.lr", self.linear.lr)?;
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ConfigError::check(None, self.problems())
+    }
+
+    /// Every broken rule, with its field.
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut found = Problems::default();
+        found.in_range("batch_size", self.batch_size, limits::BATCH_SIZE);
+        found.in_range("workers", self.workers, limits::WORKERS);
+        found.in_range("knn.k", self.knn.k, 1..=1_000_000);
+        found.in_range("linear.epochs", self.linear.epochs, limits::EPOCHS);
+        found.in_range(
+            "linear.batch_size",
+            self.linear.batch_size,
+            limits::BATCH_SIZE,
+        );
+        found.positive("knn.temperature", self.knn.temperature);
+        found.positive("linear.lr", self.linear.lr);
         if !(self.linear.weight_decay.is_finite() && self.linear.weight_decay >= 0.0) {
-            return Err((
+            found.push(
                 "linear.weight_decay",
-                format!("must be 0 or more, not {}", self.linear.weight_decay),
-            ));
+                format!("must be 0 or more, is {}", self.linear.weight_decay),
+            );
         }
         if self.linear.warmup_epochs >= self.linear.epochs {
-            return Err((
+            found.push(
                 "linear.warmup_epochs",
                 format!(
-                    "must be fewer than linear.epochs ({}), not {}",
+                    "must be fewer than linear.epochs ({}), is {}",
                     self.linear.epochs, self.linear.warmup_epochs
                 ),
-            ));
+            );
         }
-        Ok(())
+        found.0
+    }
+
+    /// Sets the probe's epochs (the `--epochs` flag, the Evaluate panel's field). A warm-up no
+    /// longer shorter than the run is cut to a tenth of it, and the returned note says so —
+    /// the CLI prints it, the app logs it.
+    pub fn set_linear_epochs(&mut self, epochs: usize) -> Option<String> {
+        let linear = &mut self.linear;
+        linear.epochs = epochs;
+        if linear.warmup_epochs < epochs || epochs == 0 {
+            return None;
+        }
+        let before = linear.warmup_epochs;
+        linear.warmup_epochs = epochs / 10;
+        Some(format!(
+            "linear.warmup_epochs {before} is not fewer than linear.epochs {epochs}: using {} \
+             warm-up epochs (a tenth)",
+            linear.warmup_epochs
+        ))
     }
 }
 
@@ -226,6 +239,20 @@ mod tests {
     }
 
     #[test]
+    fn fewer_epochs_cut_the_default_warm_up_and_say_so() {
+        let mut config = EvalConfig::default();
+        let note = config.set_linear_epochs(5).unwrap();
+        assert_eq!((config.linear.epochs, config.linear.warmup_epochs), (5, 0));
+        assert!(note.contains("linear.warmup_epochs 10"), "{note}");
+        assert!(config.problems().is_empty());
+        assert_eq!(config.set_linear_epochs(90), None);
+        assert_eq!(
+            config.linear.warmup_epochs, 0,
+            "a cut warm-up is not restored"
+        );
+    }
+
+    #[test]
     fn bad_settings_name_the_field() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("e.ron");
@@ -235,6 +262,12 @@ mod tests {
         std::fs::write(&path, "(linear: (epochs: 5, warmup_epochs: 5))").unwrap();
         let e = EvalConfig::load(&path).unwrap_err().to_string();
         assert!(e.contains("linear.warmup_epochs"), "{e}");
+        std::fs::write(&path, "(knn: (k: 0), linear: (lr: -1.0))").unwrap();
+        let e = EvalConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("2 problems") && e.contains("knn.k") && e.contains("linear.lr"),
+            "{e}"
+        );
         std::fs::write(&path, "(dataset: imagenet)").unwrap();
         let e = EvalConfig::load(&path).unwrap_err().to_string();
         assert!(e.contains("e.ron:1:"), "{e}");

@@ -11,14 +11,13 @@ use image::RgbImage;
 use super::patch_maps::{PatchMapError, PatchMaps};
 use super::pca::PcaBasis;
 use super::render::display_side;
-use crate::backend::materialize;
 use crate::config::Precision;
-use crate::data::image_file::DecodeError;
+use crate::data::image_file::{DecodeError, DecodeLimits};
 use crate::data::resize::resize_bicubic;
 use crate::data::{decode_rgb, validation_transform};
-use crate::distill::target::prepare_target;
-use crate::distill::train::teacher_target;
 use crate::model::{BeitV2, Data2Vec2};
+use crate::session::{ModelPlan, teacher_target};
+use crate::target::prepare_target;
 
 /// Images per forward pass when analysing many.
 const CHUNK: usize = 16;
@@ -34,8 +33,13 @@ pub struct ProbeImage {
 }
 
 impl ProbeImage {
-    pub fn load(path: &Path, size: usize, grid: usize) -> Result<Self, DecodeError> {
-        let rgb = decode_rgb(path)?;
+    pub fn load(
+        path: &Path,
+        size: usize,
+        grid: usize,
+        limits: DecodeLimits,
+    ) -> Result<Self, DecodeError> {
+        let rgb = decode_rgb(path, limits)?;
         let side = display_side(grid);
         Ok(Self {
             path: path.to_path_buf(),
@@ -140,41 +144,33 @@ pub struct InspectedPair<B: Backend> {
     pub size: usize,
     pub grid: usize,
     precision: Precision,
+    limits: DecodeLimits,
     device: B::Device,
 }
 
 impl<B: Backend> InspectedPair<B> {
-    /// The teacher the config describes (a random one is rebuilt from the seed, as in training
-    /// on the same backend) and the student from `checkpoint`, else as the config builds it.
-    pub fn load(
-        config: &crate::config::RunConfig,
-        checkpoint: Option<&Path>,
+    /// The plan's teacher (a random one rebuilt from the seed, as in training on the same
+    /// backend) and student, for images decoded within `limits`.
+    pub fn build(
+        plan: &ModelPlan,
+        limits: DecodeLimits,
         device: &B::Device,
     ) -> anyhow::Result<Self> {
-        let (teacher, (student, architecture)) =
-            crate::backend::seeded::<B, _>(device, config.seed, || {
-                let teacher = crate::distill::train::build_teacher::<B>(config, device)?;
-                let (student, architecture) =
-                    crate::distill::train::build_student::<B>(config, checkpoint, device)?;
-                anyhow::Ok((materialize(teacher), (materialize(student), architecture)))
-            })?;
-        let crate::weights::Architecture::Data2Vec2(student_config) = &architecture else {
-            anyhow::bail!("the student is not a data2vec 2.0 model");
-        };
-        let size = student_config.image_size;
-        let grid = size / student_config.patch_size;
+        let (teacher, student) = plan.build_pair::<B, B>(device)?;
+        let (size, grid) = plan.geometry();
         Ok(Self {
             teacher,
             student,
             size,
             grid,
-            precision: config.precision,
+            precision: plan.precision,
+            limits,
             device: device.clone(),
         })
     }
 
     pub fn load_image(&self, path: &Path) -> Result<ProbeImage, DecodeError> {
-        ProbeImage::load(path, self.size, self.grid)
+        ProbeImage::load(path, self.size, self.grid, self.limits)
     }
 
     /// Maps and tokens of each image.

@@ -85,6 +85,12 @@ impl HeatmapRecord {
         let record: Self = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a kdlab heatmap record", path.display()))?;
         anyhow::ensure!(
+            record.grid >= 1,
+            "{}: grid {} has no patches",
+            path.display(),
+            record.grid
+        );
+        anyhow::ensure!(
             record.cosine.len() == record.grid
                 && record
                     .cosine
@@ -187,6 +193,16 @@ mod tests {
         assert_eq!(HeatmapRecord::read(&path).unwrap(), record);
         std::fs::write(&path, "{}").unwrap();
         assert!(HeatmapRecord::read(&path).is_err());
+        // A record of no patches (grid 0, empty rows) is refused, not drawn.
+        let empty = HeatmapRecord {
+            grid: 0,
+            cosine: vec![],
+            squared_error: vec![],
+            ..record
+        };
+        std::fs::write(&path, serde_json::to_string(&empty).unwrap()).unwrap();
+        let e = HeatmapRecord::read(&path).unwrap_err().to_string();
+        assert!(e.contains("grid 0"), "{e}");
     }
 
     #[test]

@@ -20,7 +20,12 @@ pub fn display_side(grid: usize) -> u32 {
 }
 
 /// A `grid × grid` array of colours (row-major) as a `side × side` image of flat cells.
+/// Cells that do not form the grid (none, too few) draw a neutral grey picture: records are
+/// checked when read, so this only keeps a picture from taking the UI thread down.
 pub fn grid_image(cells: &[[u8; 3]], grid: usize, side: u32) -> RgbImage {
+    if grid == 0 || cells.len() < grid * grid {
+        return RgbImage::from_pixel(side, side, Rgb([128, 128, 128]));
+    }
     RgbImage::from_fn(side, side, |x, y| {
         let column = (x as usize * grid / side as usize).min(grid - 1);
         let row = (y as usize * grid / side as usize).min(grid - 1);
@@ -185,6 +190,13 @@ mod tests {
         assert_eq!(display_side(14), 224);
         assert_eq!(display_side(8), 224);
         assert_eq!(display_side(5), 225);
+    }
+
+    #[test]
+    fn an_empty_grid_draws_grey_instead_of_panicking() {
+        let img = grid_image(&[], 0, 8);
+        assert_eq!(img.dimensions(), (8, 8));
+        assert_eq!(grid_image(&[[1, 2, 3]], 2, 4).get_pixel(3, 3).0, [128; 3]);
     }
 
     #[test]

@@ -4,14 +4,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use burn::tensor::backend::AutodiffBackend;
 use crossbeam_channel::Receiver;
 
-use crate::backend::{BackendChoice, OnAutodiffBackend};
-use crate::distill::train::explain_device_panic;
-use crate::eval::features::Stopped;
+use crate::backend::BackendChoice;
 use crate::eval::{EvalEvent, EvalRequest, EvalResult, evaluate};
-use crate::weights::read::quietly_catch;
+use crate::session::{EngineError, Session};
 
 #[derive(Debug, Clone)]
 pub enum EvalMessage {
@@ -27,9 +24,9 @@ pub struct EvalJob {
 }
 
 impl EvalJob {
-    /// `request.backend` is filled in with the device chosen here; `wake` follows every message.
+    /// `wake` follows every message.
     pub fn start(
-        mut request: EvalRequest,
+        request: EvalRequest,
         backend: BackendChoice,
         wake: impl Fn() + Send + 'static,
     ) -> Self {
@@ -41,27 +38,16 @@ impl EvalJob {
                 let _ = sender.send(m);
                 wake();
             };
-            let result = backend
-                .select()
-                .map_err(|e| e.to_string())
-                .and_then(|selected| {
-                    send(EvalMessage::Backend(selected.to_string()));
-                    request.backend = selected.to_string();
-                    let batch_size = request.config.batch_size;
-                    quietly_catch(|| {
-                        selected.run_autodiff(Task {
-                            request: &request,
-                            stop: &stop_flag,
-                            send: &send,
-                        })
-                    })
-                    .map_err(|panic| format!("{:#}", explain_device_panic(&panic, batch_size)))
-                });
+            let result = Session::open(backend).and_then(|session| {
+                send(EvalMessage::Backend(session.backend().to_string()));
+                evaluate(&session, &request, &stop_flag, &mut |event| {
+                    send(EvalMessage::Event(event))
+                })
+            });
             let finished = match result {
-                Ok(Ok(results)) => Ok(Some(results)),
-                Ok(Err(e)) if e.is::<Stopped>() => Ok(None),
-                Ok(Err(e)) => Err(format!("{e:#}")),
-                Err(e) => Err(e),
+                Ok(results) => Ok(Some(results)),
+                Err(EngineError::Interrupted) => Ok(None),
+                Err(e) => Err(e.to_string()),
             };
             send(EvalMessage::Finished(finished));
         });
@@ -70,21 +56,5 @@ impl EvalJob {
 
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-struct Task<'a> {
-    request: &'a EvalRequest,
-    stop: &'a AtomicBool,
-    send: &'a dyn Fn(EvalMessage),
-}
-
-impl OnAutodiffBackend for Task<'_> {
-    type Output = anyhow::Result<Vec<EvalResult>>;
-
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        evaluate::<B>(self.request, &device, self.stop, &mut |event| {
-            (self.send)(EvalMessage::Event(event))
-        })
     }
 }

@@ -8,15 +8,17 @@ use egui::{ColorImage, DragValue, Grid, Sense, TextureHandle, TextureOptions, Ui
 use egui_plot::{Line, Plot, PlotPoints};
 
 use super::evaluate_job::{EvalJob, EvalMessage};
-use super::inspect_panel::{checkpoint_labels, checkpoint_ui, preferred};
+use super::inspect_panel::{checkpoint_labels, checkpoint_ui, preferred, runs_in};
 use super::setup_panel::{folder_ui, optional_folder_ui};
-use super::timeline;
 use crate::backend::BackendChoice;
 use crate::config::RunConfig;
-use crate::distill::run_dir::run_of_checkpoint as run_of;
 use crate::eval::report::EvalResult;
-use crate::eval::{DatasetKind, EvalConfig, EvalEvent, EvalRequest, Method, ModelSpec, Pooling};
+use crate::eval::{
+    DatasetKind, EvalConfig, EvalEvent, EvalRequest, Method, ModelSpec, Pooling, read_saved,
+    results_dir,
+};
 use crate::inspect::colormap::{Colormap, ValueRange, colours};
+use crate::session::RunDir;
 
 const LOG_LINES: usize = 200;
 
@@ -37,7 +39,7 @@ pub struct EvaluatePanel {
     job: Option<EvalJob>,
     runs: Vec<(PathBuf, Vec<PathBuf>)>,
     /// The run whose saved results are in the table.
-    results_of: Option<PathBuf>,
+    results_of: Option<RunDir>,
     confusion_texture: Option<(String, TextureHandle)>,
 }
 
@@ -61,23 +63,6 @@ impl Default for EvaluatePanel {
     }
 }
 
-/// The results saved in `<run>/eval/*.json`, in file-name order.
-pub fn saved_results(run: &Path) -> Vec<EvalResult> {
-    let Ok(entries) = std::fs::read_dir(run.join("eval")) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .filter_map(|f| serde_json::from_str(&std::fs::read_to_string(f).ok()?).ok())
-        .collect()
-}
-
 impl EvaluatePanel {
     pub fn is_busy(&self) -> bool {
         self.job.is_some()
@@ -85,7 +70,7 @@ impl EvaluatePanel {
 
     /// Re-reads the runs' checkpoints; keeps a valid choice, else the newest run's best.
     pub fn refresh(&mut self, runs_dir: &Path) {
-        self.runs = timeline::runs_with_checkpoints(runs_dir);
+        self.runs = runs_in(runs_dir);
         if self.checkpoint.as_ref().is_none_or(|c| !c.exists()) {
             self.checkpoint = self.runs.first().and_then(|(_, c)| preferred(c));
         }
@@ -94,9 +79,13 @@ impl EvaluatePanel {
 
     /// Shows the saved results of the chosen checkpoint's run (when the run changed).
     fn load_saved_results(&mut self) {
-        let run = self.checkpoint.as_deref().and_then(run_of);
+        let run = self.checkpoint.as_deref().and_then(RunDir::of_checkpoint);
         if run != self.results_of {
-            self.results = run.as_deref().map(saved_results).unwrap_or_default();
+            let saved = run.as_ref().map(read_saved).unwrap_or_default();
+            for unreadable in saved.unreadable {
+                self.say(format!("warning: {unreadable}"));
+            }
+            self.results = saved.results;
             self.selected = self.results.len().checked_sub(1);
             self.results_of = run;
             // Nothing chosen yet: start from the data of the run's last evaluation.
@@ -122,46 +111,50 @@ impl EvaluatePanel {
             return Some("choose the validation images (a folder of class folders)".into());
         }
         self.settings
-            .validate()
-            .err()
-            .map(|(field, message)| format!("{field}: {message}"))
+            .problems()
+            .first()
+            .map(|problem| problem.to_string())
     }
 
     /// What Evaluate runs: the student, the teacher of its run (else of the Setup panel's
-    /// config) and where the results go.
-    pub fn request(&self, setup_config: &RunConfig) -> Result<EvalRequest, String> {
+    /// config) and where the results go — the rules `kdlab eval` follows.
+    pub fn request(
+        &self,
+        setup_config: &RunConfig,
+        runs_dir: &Path,
+    ) -> Result<EvalRequest, String> {
         if let Some(problem) = self.problem() {
             return Err(problem);
         }
-        let checkpoint = self.checkpoint.clone().expect("checked by problem()");
-        let run = run_of(&checkpoint);
+        let Some(checkpoint) = self.checkpoint.clone() else {
+            return Err("choose a student checkpoint".into());
+        };
         let mut models = vec![ModelSpec::Weights {
             path: checkpoint.clone(),
             depth: None,
         }];
         if self.with_teacher {
-            let config = match &run {
-                Some(run) => RunConfig::load(&run.join("config.ron")).map_err(|e| e.to_string())?,
-                None => setup_config.clone(),
-            };
-            models.push(ModelSpec::RunTeacher(Box::new(config)));
+            models.push(
+                ModelSpec::teacher_of_run(&checkpoint, Some(setup_config))
+                    .map_err(|e| e.to_string())?,
+            );
         }
-        let out_dir = run.unwrap_or_else(|| {
-            checkpoint
-                .parent()
-                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-        });
         Ok(EvalRequest {
             method: self.method,
             models,
             config: self.settings.clone(),
-            out_dir,
-            backend: String::new(),
+            out: results_dir(None, Some(&checkpoint), runs_dir),
         })
     }
 
-    pub fn start(&mut self, setup_config: &RunConfig, backend: BackendChoice, ctx: &egui::Context) {
-        match self.request(setup_config) {
+    pub fn start(
+        &mut self,
+        setup_config: &RunConfig,
+        runs_dir: &Path,
+        backend: BackendChoice,
+        ctx: &egui::Context,
+    ) {
+        match self.request(setup_config, runs_dir) {
             Ok(request) => {
                 let ctx = ctx.clone();
                 self.error = None;
@@ -239,14 +232,20 @@ impl EvaluatePanel {
         self.log.drain(..excess);
     }
 
-    pub fn ui(&mut self, ui: &mut Ui, setup_config: &RunConfig, backend: BackendChoice) {
+    pub fn ui(
+        &mut self,
+        ui: &mut Ui,
+        setup_config: &RunConfig,
+        runs_dir: &Path,
+        backend: BackendChoice,
+    ) {
         self.poll();
         ui.horizontal_top(|ui| {
             ui.vertical(|ui| {
                 ui.set_max_width(620.0);
                 self.form_ui(ui);
                 ui.add_space(6.0);
-                self.actions_ui(ui, setup_config, backend);
+                self.actions_ui(ui, setup_config, runs_dir, backend);
                 self.log_ui(ui);
             });
             ui.separator();
@@ -257,6 +256,7 @@ impl EvaluatePanel {
     fn form_ui(&mut self, ui: &mut Ui) {
         let labels = checkpoint_labels(&self.runs);
         let idle = self.job.is_none();
+        let mut notes = Vec::new();
         ui.add_enabled_ui(idle, |ui| {
             Grid::new("evaluate-form")
                 .num_columns(2)
@@ -333,15 +333,22 @@ impl EvaluatePanel {
                             ui.end_row();
                         }
                         Method::Linear => {
-                            let linear = &mut settings.linear;
+                            let mut epochs = settings.linear.epochs;
                             ui.label("epochs, warm-up, batch");
                             ui.horizontal(|ui| {
-                                ui.add(DragValue::new(&mut linear.epochs).range(1..=1000));
+                                // As `--epochs` does: a warm-up that no longer fits is cut, and said so.
+                                if ui.add(DragValue::new(&mut epochs).range(1..=1000)).changed()
+                                    && let Some(note) = settings.set_linear_epochs(epochs)
+                                {
+                                    notes.push(note);
+                                }
+                                let linear = &mut settings.linear;
                                 ui.add(DragValue::new(&mut linear.warmup_epochs).range(0..=999));
                                 ui.add(DragValue::new(&mut linear.batch_size).range(1..=65536));
                             });
                             ui.end_row();
                             ui.label("lr, weight decay");
+                            let linear = &mut settings.linear;
                             ui.horizontal(|ui| {
                                 ui.add(DragValue::new(&mut linear.lr).range(1e-6..=10.0).speed(1e-4).max_decimals(6));
                                 ui.add(DragValue::new(&mut linear.weight_decay).range(0.0..=1.0).speed(1e-3).max_decimals(4));
@@ -351,16 +358,25 @@ impl EvaluatePanel {
                     }
                 });
         });
+        for note in notes {
+            self.say(note);
+        }
         self.load_saved_results();
     }
 
-    fn actions_ui(&mut self, ui: &mut Ui, setup_config: &RunConfig, backend: BackendChoice) {
+    fn actions_ui(
+        &mut self,
+        ui: &mut Ui,
+        setup_config: &RunConfig,
+        runs_dir: &Path,
+        backend: BackendChoice,
+    ) {
         ui.horizontal(|ui| {
             if self.job.is_none() {
                 let problem = self.problem();
                 let button = ui.add_enabled(problem.is_none(), egui::Button::new("▶ Evaluate"));
                 if button.clicked() {
-                    self.start(setup_config, backend, ui.ctx());
+                    self.start(setup_config, runs_dir, backend, ui.ctx());
                 }
                 if let Some(why) = problem {
                     ui.weak(why);

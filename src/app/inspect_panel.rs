@@ -10,16 +10,18 @@ use crossbeam_channel::Receiver;
 use egui::{ColorImage, Sense, TextureHandle, TextureOptions, Ui, Vec2};
 use image::RgbImage;
 
-use super::inspect_job::{InspectRequest, Inspected, spawn};
-use super::timeline;
+use super::inspect_job::spawn;
 use crate::backend::BackendChoice;
 use crate::config::RunConfig;
 use crate::data::decode_rgb;
+use crate::data::image_file::DecodeLimits;
 use crate::data::resize::resize_bicubic;
 use crate::inspect::colormap::{Colormap, ValueRange, colours};
 use crate::inspect::patch_maps::difference;
 use crate::inspect::render::{display_side, format_value, grid_image, overlay};
-use crate::inspect::{HeatmapRecord, Metric};
+use crate::inspect::{HeatmapRecord, InspectRequest, Inspected, Metric};
+use crate::session::RunDir;
+use crate::session::run_dir::runs_with_checkpoints;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum View {
@@ -69,10 +71,10 @@ struct TimelineListing {
 
 impl TimelineListing {
     fn read(run: &Path) -> Self {
-        let epochs = timeline::epochs(run);
+        let epochs = RunDir::at(run).heatmap_epochs();
         let stems = epochs
             .iter()
-            .map(|(_, dir)| timeline::probe_stems(dir))
+            .map(|(_, dir)| RunDir::probe_stems(dir))
             .collect();
         Self {
             run: run.to_path_buf(),
@@ -85,6 +87,29 @@ impl TimelineListing {
     fn is_fresh_for(&self, run: &Path) -> bool {
         self.run == run && self.read_at.elapsed() < Duration::from_secs(1)
     }
+}
+
+/// What an analysis was asked for, on which backend: a new one starts when this changes.
+#[derive(Debug, Clone, PartialEq)]
+struct Asked {
+    backend: BackendChoice,
+    request: InspectRequest,
+}
+
+impl Asked {
+    fn without_comparison(&self) -> Self {
+        let mut plain = self.clone();
+        plain.request.compare = None;
+        plain
+    }
+}
+
+/// Run directories that hold checkpoints, newest first, as (folder, checkpoints).
+pub(super) fn runs_in(runs_dir: &Path) -> Vec<(PathBuf, Vec<PathBuf>)> {
+    runs_with_checkpoints(runs_dir)
+        .into_iter()
+        .map(|(run, checkpoints)| (run.root().to_path_buf(), checkpoints))
+        .collect()
 }
 
 /// A run's saved map for one probe image and epoch, with the image it was computed on.
@@ -109,8 +134,8 @@ pub struct InspectPanel {
     pub timeline_stem: Option<String>,
     candidates: Vec<PathBuf>,
     runs: Vec<(PathBuf, Vec<PathBuf>)>,
-    pending: Option<(InspectRequest, Receiver<Result<Inspected, String>>)>,
-    shown: Option<(InspectRequest, Result<Inspected, String>)>,
+    pending: Option<(Asked, Receiver<Result<Inspected, String>>)>,
+    shown: Option<(Asked, Result<Inspected, String>)>,
     frame: Option<TimelineFrame>,
     listing: Option<TimelineListing>,
     /// Bumped whenever what is shown changes; part of every texture key.
@@ -164,7 +189,7 @@ impl InspectPanel {
         if self.image.is_none() {
             self.image = self.candidates.first().cloned();
         }
-        self.runs = timeline::runs_with_checkpoints(runs_dir);
+        self.runs = runs_in(runs_dir);
         if self.checkpoint.as_ref().is_none_or(|c| !c.exists()) {
             self.checkpoint = self.runs.first().and_then(|(_, c)| preferred(c));
         }
@@ -172,7 +197,8 @@ impl InspectPanel {
             self.timeline_run = self
                 .checkpoint
                 .as_deref()
-                .and_then(crate::distill::run_dir::run_of_checkpoint)
+                .and_then(RunDir::of_checkpoint)
+                .map(|run| run.root().to_path_buf())
                 .or_else(|| self.runs.first().map(|(r, _)| r.clone()));
         }
     }
@@ -214,22 +240,27 @@ impl InspectPanel {
         let Some(image) = self.image.clone() else {
             return;
         };
-        let request = InspectRequest {
-            config: config.clone(),
+        let request = Asked {
             backend,
-            image,
-            checkpoint: self.checkpoint.clone(),
-            compare: (self.view == View::Difference)
-                .then(|| self.compare.clone())
-                .flatten(),
+            request: InspectRequest {
+                config: config.clone(),
+                image,
+                checkpoint: self.checkpoint.clone(),
+                compare: (self.view == View::Difference)
+                    .then(|| self.compare.clone())
+                    .flatten(),
+            },
         };
         let current = self.shown.as_ref().map(|(r, _)| r);
         let needed = current != Some(&request)
             // Switching to Map or PCA does not need the comparison run again.
-            && !(request.compare.is_none() && current.is_some_and(|c| InspectRequest { compare: None, ..c.clone() } == request));
+            && !(request.request.compare.is_none()
+                && current.is_some_and(|c| c.without_comparison() == request));
         if needed && self.pending.is_none() {
             let ctx = ctx.clone();
-            let receiver = spawn(request.clone(), move || ctx.request_repaint());
+            let receiver = spawn(request.request.clone(), backend, move || {
+                ctx.request_repaint()
+            });
             self.pending = Some((request, receiver));
         }
     }
@@ -310,6 +341,7 @@ impl InspectPanel {
             }
         };
         let source = request
+            .request
             .checkpoint
             .as_deref()
             .map_or("initial student".into(), short_name);
@@ -426,8 +458,10 @@ impl InspectPanel {
             );
             if let Some(pos) = response.hover_pos() {
                 let rel = (pos - response.rect.min) / side;
-                let column = ((rel.x * picture.grid as f32) as usize).min(picture.grid - 1);
-                let row = ((rel.y * picture.grid as f32) as usize).min(picture.grid - 1);
+                let column =
+                    ((rel.x * picture.grid as f32) as usize).min(picture.grid.saturating_sub(1));
+                let row =
+                    ((rel.y * picture.grid as f32) as usize).min(picture.grid.saturating_sub(1));
                 let value = picture.values[row * picture.grid + column];
                 response.on_hover_text_at_pointer(format!(
                     "patch row {row}, column {column} (token {}): {}",
@@ -603,7 +637,11 @@ impl InspectPanel {
 fn load_frame(json: &Path) -> anyhow::Result<TimelineFrame> {
     let record = HeatmapRecord::read(json)?;
     let side = display_side(record.grid);
-    let display = resize_bicubic(&decode_rgb(&record.image)?, side, side);
+    let display = resize_bicubic(
+        &decode_rgb(&record.image, DecodeLimits::default())?,
+        side,
+        side,
+    );
     Ok(TimelineFrame {
         json: json.to_path_buf(),
         record,

@@ -1,6 +1,7 @@
 //! The desktop app (eframe/egui): Setup, Run, Inspect and Evaluate panels over the same engine as
-//! the CLI. Training, inspection and evaluation run on worker threads that send messages and wake the UI; the engine
-//! never imports egui. `KdlabApp::ui` is the whole app, so tests drive exactly what the window
+//! the CLI: each job calls the engine entry its command calls (`distill::train`,
+//! `eval::evaluate`, `inspect::inspect`) on a worker thread that sends messages and wakes the
+//! UI; the engine never imports egui. `KdlabApp::ui` is the whole app, so tests drive exactly what the window
 //! shows.
 
 mod evaluate_job;
@@ -9,7 +10,6 @@ mod inspect_job;
 pub mod inspect_panel;
 pub mod run_panel;
 pub mod setup_panel;
-mod timeline;
 pub mod training_job;
 
 use std::path::{Path, PathBuf};
@@ -122,7 +122,7 @@ impl KdlabApp {
         egui::CentralPanel::default().show(ui, |ui| match self.tab {
             Tab::Setup => self.setup.ui(ui),
             Tab::Run => {
-                let problem = self.setup.first_problem();
+                let problem = self.setup.problem_summary();
                 let setup = RunSetup {
                     config: &self.setup.config,
                     problem: problem.as_deref(),
@@ -132,7 +132,12 @@ impl KdlabApp {
                 self.run.ui(ui, &setup);
             }
             Tab::Inspect => self.inspect.ui(ui, &self.setup.config, self.setup.backend),
-            Tab::Evaluate => self.evaluate.ui(ui, &self.setup.config, self.setup.backend),
+            Tab::Evaluate => self.evaluate.ui(
+                ui,
+                &self.setup.config,
+                &self.setup.runs_dir,
+                self.setup.backend,
+            ),
         });
     }
 
@@ -146,10 +151,10 @@ impl KdlabApp {
                 self.setup.config.name,
                 progress.step,
                 progress.total_steps,
-                if *state == RunState::Paused {
-                    " · paused"
-                } else {
-                    ""
+                match state {
+                    RunState::Paused => " · paused",
+                    RunState::Pausing => " · pausing",
+                    _ => "",
                 }
             )),
         };
@@ -157,11 +162,11 @@ impl KdlabApp {
 
     /// Starts a new run with the Setup panel's config (the Run panel's Start).
     pub fn start_run(&mut self, ctx: &egui::Context) {
-        let from = training_job::StartFrom::Fresh {
+        let start = crate::distill::RunStart::Fresh {
             runs_dir: self.setup.runs_dir.clone(),
         };
         self.run
-            .start(&self.setup.config, self.setup.backend, from, ctx);
+            .start(start, Some(&self.setup.config), self.setup.backend, ctx);
     }
 
     /// Stops a running training with a checkpoint (the window is closing).

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
 
-use super::training_job::{JobMessage, StartFrom, TrainingJob};
+use super::training_job::{JobMessage, TrainingJob};
 use crate::backend::BackendChoice;
 use crate::config::RunConfig;
-use crate::distill::train::{Event, Outcome};
+use crate::distill::{Event, Outcome, RunStart, TrainControl, TrainRequest};
+use crate::session::RunDir;
 
 const LOG_LINES: usize = 500;
 const TRAIN_COLOUR: egui::Color32 = egui::Color32::from_rgb(230, 120, 60);
@@ -19,6 +20,9 @@ const VAL_COLOUR: egui::Color32 = egui::Color32::from_rgb(90, 160, 230);
 pub enum RunState {
     Idle,
     Running,
+    /// Pause was asked for; the batch in flight finishes first.
+    Pausing,
+    /// The loop holds between batches (it said so).
     Paused,
     Stopping,
     Finished(String),
@@ -80,7 +84,7 @@ impl RunProgress {
             JobMessage::Finished(Ok(outcome)) => {
                 let text = match outcome {
                     Outcome::Completed => "finished",
-                    Outcome::ReachedMaxSteps => "stopped at max_steps",
+                    Outcome::ReachedMaxSteps => "stopped at max steps",
                     Outcome::Interrupted => "stopped; Resume continues it",
                 };
                 self.say(text.to_string());
@@ -139,6 +143,15 @@ impl RunProgress {
             Event::Heatmaps { epoch, dir } => {
                 self.say(format!("heatmaps after epoch {epoch} in {}", dir.display()));
             }
+            Event::Warning(warning) => self.say(format!("warning: {warning}")),
+            Event::Paused { step } => {
+                self.step = step;
+                if self.state == RunState::Pausing {
+                    self.state = RunState::Paused;
+                }
+                self.say(format!("paused after step {step}"));
+            }
+            Event::Continued => self.say("continued".into()),
         }
     }
 
@@ -157,7 +170,7 @@ impl RunProgress {
 #[derive(Clone, Copy)]
 pub struct RunSetup<'a> {
     pub config: &'a RunConfig,
-    /// The config's first problem; Start is disabled while there is one.
+    /// What is wrong with the config; Start is disabled while there is anything.
     pub problem: Option<&'a str>,
     pub backend: BackendChoice,
     pub runs_dir: &'a std::path::Path,
@@ -182,17 +195,19 @@ impl RunPanel {
         }
     }
 
+    /// Starts a run: `config` for a fresh one; a resumed one continues with its own
+    /// `config.ron` (a broken one fails the run with the file's error, as `--resume` does).
     pub fn start(
         &mut self,
-        config: &RunConfig,
+        start: RunStart,
+        config: Option<&RunConfig>,
         backend: BackendChoice,
-        from: StartFrom,
         ctx: &egui::Context,
     ) {
         if self.is_active() {
             return;
         }
-        let resumed = matches!(from, StartFrom::Resume { .. });
+        let resumed = matches!(start, RunStart::Resume { .. });
         let mut progress = RunProgress::default();
         if resumed {
             // Keep the curves; the resumed run continues them.
@@ -203,14 +218,16 @@ impl RunPanel {
         }
         progress.state = RunState::Running;
         self.progress = progress;
+        let request = TrainRequest {
+            start,
+            config: config.cloned(),
+            max_steps: None,
+            control: TrainControl::default(),
+        };
         let ctx = ctx.clone();
-        self.job = Some(TrainingJob::start(
-            config.clone(),
-            backend,
-            from,
-            None,
-            move || ctx.request_repaint(),
-        ));
+        self.job = Some(TrainingJob::start(request, backend, move || {
+            ctx.request_repaint()
+        }));
     }
 
     /// Closing the window: the run saves a checkpoint before the app exits.
@@ -250,10 +267,10 @@ impl RunPanel {
                 .on_hover_text("Start a new run with the Setup panel's config")
                 .clicked()
             {
-                let from = StartFrom::Fresh {
+                let start = RunStart::Fresh {
                     runs_dir: runs_dir.to_path_buf(),
                 };
-                self.start(config, backend, from, ui.ctx());
+                self.start(start, Some(config), backend, ui.ctx());
             }
             if let Some(job) = &self.job
                 && active
@@ -265,7 +282,7 @@ impl RunPanel {
                     self.progress.state = if paused {
                         RunState::Running
                     } else {
-                        RunState::Paused
+                        RunState::Pausing
                     };
                 }
                 if ui
@@ -281,7 +298,7 @@ impl RunPanel {
                 .progress
                 .run_dir
                 .clone()
-                .filter(|d| d.join("checkpoints/last.safetensors").exists());
+                .filter(|d| RunDir::resumable(d).is_ok());
             if let Some(run_dir) = resumable
                 && ui
                     .add_enabled(!active, egui::Button::new("⟲ Resume"))
@@ -291,15 +308,7 @@ impl RunPanel {
                     ))
                     .clicked()
             {
-                // A run continues with the config it was started with.
-                let run_config =
-                    RunConfig::load(&run_dir.join("config.ron")).unwrap_or_else(|_| config.clone());
-                self.start(
-                    &run_config,
-                    backend,
-                    StartFrom::Resume { run_dir },
-                    ui.ctx(),
-                );
+                self.start(RunStart::Resume { run_dir }, None, backend, ui.ctx());
             }
             if let Some(error) = problem {
                 ui.colored_label(ui.visuals().error_fg_color, format!("Setup: {error}"));
@@ -312,6 +321,7 @@ impl RunPanel {
         let state = match &p.state {
             RunState::Idle => "idle".to_string(),
             RunState::Running => "running".to_string(),
+            RunState::Pausing => "pausing (finishing the batch)".to_string(),
             RunState::Paused => "paused".to_string(),
             RunState::Stopping => "stopping (saving a checkpoint)".to_string(),
             RunState::Finished(text) => text.clone(),

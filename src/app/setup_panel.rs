@@ -6,33 +6,22 @@ use std::path::{Path, PathBuf};
 use egui::{DragValue, Grid, Ui};
 
 use crate::backend::BackendChoice;
-use crate::config::{Precision, RunConfig};
+use crate::config::{ConfigProblem, Precision, RunConfig, limits};
 use crate::model::{BeitV2Config, BlockSelection, Data2Vec2Config};
 
-/// A problem with one field: its config path (`optim.batch_size`) and what is wrong.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FieldProblem {
-    pub field: String,
-    pub message: String,
-}
-
-/// Everything that would stop a run: the config's own validation, then files that do not exist.
-pub fn problems(config: &RunConfig) -> Vec<FieldProblem> {
-    let mut found = Vec::new();
-    if let Err((field, message)) = config.validate() {
-        found.push(FieldProblem {
-            field: field.to_string(),
-            message,
-        });
-    }
+/// Everything that would stop a run, checked every frame (no file is opened): every broken
+/// rule of the config, then files that do not exist. Opening the weights and listing the data
+/// happen when the run starts, and their problems fail it with the field named.
+pub fn problems(config: &RunConfig) -> Vec<ConfigProblem> {
+    let mut found = config.problems();
     let mut must_exist = |field: &str, path: Option<&Path>, what: &str| {
         if let Some(path) = path
             && !path.exists()
         {
-            found.push(FieldProblem {
-                field: field.to_string(),
-                message: format!("{what} {} does not exist", path.display()),
-            });
+            found.push(ConfigProblem::new(
+                field,
+                format!("{what} {} does not exist", path.display()),
+            ));
         }
     };
     must_exist("teacher.weights", config.teacher.weights.as_deref(), "file");
@@ -69,12 +58,14 @@ impl SetupPanel {
         }
     }
 
-    /// The first problem, for the Run panel's Start button.
-    pub fn first_problem(&self) -> Option<String> {
-        problems(&self.config)
-            .into_iter()
-            .next()
-            .map(|p| format!("{}: {}", p.field, p.message))
+    /// What keeps Start disabled, for the Run panel: the first problem, and how many more.
+    pub fn problem_summary(&self) -> Option<String> {
+        let found = problems(&self.config);
+        let first = found.first()?;
+        Some(match found.len() {
+            1 => first.to_string(),
+            n => format!("{first} (and {} more: see Setup)", n - 1),
+        })
     }
 
     pub fn load(&mut self, path: &Path) {
@@ -89,13 +80,18 @@ impl SetupPanel {
     }
 
     pub fn save(&mut self, path: &Path) {
-        self.notice = Some(match std::fs::write(path, self.config.to_ron()) {
-            Ok(()) => {
-                self.path = Some(path.to_path_buf());
-                Ok(format!("saved {}", path.display()))
-            }
-            Err(e) => Err(format!("cannot write {}: {e}", path.display())),
-        });
+        let written = self
+            .config
+            .to_ron()
+            .map_err(|e| e.to_string())
+            .and_then(|ron| {
+                std::fs::write(path, ron)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))
+            });
+        self.notice = Some(written.map(|()| {
+            self.path = Some(path.to_path_buf());
+            format!("saved {}", path.display())
+        }));
     }
 
     pub fn ui(&mut self, ui: &mut Ui) {
@@ -130,7 +126,7 @@ impl SetupPanel {
                     "log_every",
                     "log every",
                     "steps per metrics line",
-                    |ui| ui.add(DragValue::new(&mut c.log_every).range(1..=100_000)),
+                    |ui| ui.add(DragValue::new(&mut c.log_every).range(limits::STEPS)),
                 );
                 form.row(
                     ui,
@@ -139,7 +135,7 @@ impl SetupPanel {
                     "extra validation (steps); it always runs after each epoch",
                     |ui| {
                         optional_number(ui, &mut c.val_every, 100, |v| {
-                            DragValue::new(v).range(1..=10_000_000)
+                            DragValue::new(v).range(limits::STEPS)
                         })
                     },
                 );
@@ -235,21 +231,25 @@ impl SetupPanel {
                     "data.repeats",
                     "repeats",
                     "visits per image and epoch",
-                    |ui| ui.add(DragValue::new(&mut d.repeats).range(1..=100_000)),
+                    |ui| ui.add(DragValue::new(&mut d.repeats).range(limits::REPEATS)),
                 );
                 form.row(
                     ui,
                     "data.workers",
                     "workers",
                     "decode/augment threads",
-                    |ui| ui.add(DragValue::new(&mut d.workers).range(1..=256)),
+                    |ui| ui.add(DragValue::new(&mut d.workers).range(limits::WORKERS)),
                 );
                 form.row(
                     ui,
                     "data.prefetch_batches",
                     "prefetch",
                     "batches prepared ahead",
-                    |ui| ui.add(DragValue::new(&mut d.prefetch_batches).range(1..=64)),
+                    |ui| {
+                        ui.add(
+                            DragValue::new(&mut d.prefetch_batches).range(limits::PREFETCH_BATCHES),
+                        )
+                    },
                 );
                 form.row(
                     ui,
@@ -278,6 +278,19 @@ impl SetupPanel {
                         )
                     },
                 );
+                form.row(
+                    ui,
+                    "data.max_image_pixels",
+                    "max image pixels",
+                    "larger pictures (width × height) are skipped, not decoded",
+                    |ui| {
+                        ui.add(
+                            DragValue::new(&mut d.max_image_pixels)
+                                .range(limits::MAX_IMAGE_PIXELS)
+                                .speed(1e6),
+                        )
+                    },
+                );
             });
             section(ui, "Optimiser (AdamW, warm-up cosine)", |ui| {
                 let o = &mut c.optim;
@@ -300,21 +313,25 @@ impl SetupPanel {
                     "optim.batch_size",
                     "batch size",
                     "images per forward pass",
-                    |ui| ui.add(DragValue::new(&mut o.batch_size).range(1..=65_536)),
+                    |ui| ui.add(DragValue::new(&mut o.batch_size).range(limits::BATCH_SIZE)),
                 );
                 form.row(
                     ui,
                     "optim.grad_accum_steps",
                     "accumulation",
                     "passes per optimiser step",
-                    |ui| ui.add(DragValue::new(&mut o.grad_accum_steps).range(1..=1024)),
+                    |ui| {
+                        ui.add(
+                            DragValue::new(&mut o.grad_accum_steps).range(limits::GRAD_ACCUM_STEPS),
+                        )
+                    },
                 );
                 form.row(
                     ui,
                     "optim.epochs",
                     "epochs",
                     "the schedule's length",
-                    |ui| ui.add(DragValue::new(&mut o.epochs).range(1..=100_000)),
+                    |ui| ui.add(DragValue::new(&mut o.epochs).range(limits::EPOCHS)),
                 );
                 form.row(
                     ui,
@@ -323,7 +340,7 @@ impl SetupPanel {
                     "stop early, same schedule",
                     |ui| {
                         optional_number(ui, &mut o.max_steps, 100, |v| {
-                            DragValue::new(v).range(1..=10_000_000)
+                            DragValue::new(v).range(limits::STEPS)
                         })
                     },
                 );
@@ -377,7 +394,7 @@ impl SetupPanel {
                     "probe.count",
                     "count",
                     "first N val images when no files are listed; 0 = off",
-                    |ui| ui.add(DragValue::new(&mut c.probe.count).range(0..=64)),
+                    |ui| ui.add(DragValue::new(&mut c.probe.count).range(limits::PROBE_COUNT)),
                 );
                 form.row(
                     ui,
@@ -432,9 +449,9 @@ impl SetupPanel {
     }
 }
 
-/// Three-column rows (label, editor, message) that show the problem of their field.
+/// Three-column rows (label, editor, messages) that show the problems of their field.
 struct Form<'a> {
-    problems: &'a [FieldProblem],
+    problems: &'a [ConfigProblem],
 }
 
 impl Form<'_> {
@@ -457,19 +474,42 @@ impl Form<'_> {
         if self.problems.iter().any(|p| p.field == field) {
             ui.label("");
             ui.label("");
-            self.message_ui(ui, field);
+            self.messages_ui(ui, |p| p.field == field, field);
             ui.end_row();
         }
     }
 
+    /// Every problem of `field` and of its parts (`student.architecture.embed_dim` beside
+    /// `student.architecture`, named by the part).
     fn message_ui(&self, ui: &mut Ui, field: &str) {
-        match self.problems.iter().find(|p| p.field == field) {
-            Some(problem) => ui.colored_label(
-                ui.visuals().error_fg_color,
-                format!("⚠ {}", problem.message),
-            ),
-            None => ui.label(""),
-        };
+        self.messages_ui(ui, |p| p.is_about(field), field);
+    }
+
+    fn messages_ui(&self, ui: &mut Ui, shown: impl Fn(&ConfigProblem) -> bool, field: &str) {
+        let own: Vec<String> = self
+            .problems
+            .iter()
+            .filter(|p| shown(p))
+            .map(|p| {
+                match p
+                    .field
+                    .strip_prefix(field)
+                    .and_then(|r| r.strip_prefix('.'))
+                {
+                    Some(part) => format!("⚠ {part}: {}", p.message),
+                    None => format!("⚠ {}", p.message),
+                }
+            })
+            .collect();
+        if own.is_empty() {
+            ui.label("");
+        } else {
+            ui.vertical(|ui| {
+                for line in own {
+                    ui.colored_label(ui.visuals().error_fg_color, line);
+                }
+            });
+        }
     }
 }
 
@@ -735,8 +775,9 @@ mod tests {
         let mut config = RunConfig::default();
         config.data.train = PathBuf::from("/nonexistent/kdlab");
         config.optim.batch_size = 0;
+        config.log_every = 0;
         let found = problems(&config);
-        assert_eq!(found[0].field, "optim.batch_size");
-        assert!(found.iter().any(|p| p.field == "data.train"));
+        let fields: Vec<&str> = found.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["optim.batch_size", "log_every", "data.train"]);
     }
 }

@@ -4,12 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use burn::tensor::backend::AutodiffBackend;
-
-use crate::backend::{OnAutodiffBackend, Selected};
+use crate::backend::{BackendChoice, Selected};
 use crate::bench::{BenchReport, BenchSettings, bench, full_size_config};
 use crate::config::{Precision, RunConfig};
-use crate::weights::read::quietly_catch;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -50,19 +47,22 @@ fn parse_precision(text: &str) -> Result<Precision, String> {
     }
 }
 
-pub fn run(args: BenchArgs, backend: Selected) -> anyhow::Result<ExitCode> {
+pub fn run(args: BenchArgs, backend: BackendChoice) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.batch > 0 && args.steps > 0,
         "--batch and --steps must be at least 1"
     );
-    let (config, default_precision) = match &args.config {
-        Some(path) => {
-            let config = RunConfig::load(path)?;
+    let config = args.config.as_deref().map(RunConfig::load).transpose()?;
+    let session = super::open_session(backend)?;
+    let (config, default_precision) = match config {
+        Some(config) => {
             let precision = config.precision;
             (config, precision)
         }
         // bf16 where the hardware has it; the CPU computes it in software, slower than f32.
-        None if matches!(backend, Selected::Cuda { .. }) => (full_size_config(), Precision::Bf16),
+        None if matches!(session.backend(), Selected::Cuda { .. }) => {
+            (full_size_config(), Precision::Bf16)
+        }
         None => (full_size_config(), Precision::F32),
     };
     let data = match &args.data {
@@ -72,7 +72,9 @@ pub fn run(args: BenchArgs, backend: Selected) -> anyhow::Result<ExitCode> {
         None => Some(PathBuf::from("assets")),
     };
     let precision = args.precision.unwrap_or(default_precision);
-    super::warn_about_reduced_precision_on_cpu(&backend, precision);
+    if let Some(warning) = session.precision_warning(precision) {
+        eprintln!("kdlab: warning: {warning}");
+    }
     let settings = BenchSettings {
         batch: args.batch,
         steps: args.steps,
@@ -87,17 +89,11 @@ pub fn run(args: BenchArgs, backend: Selected) -> anyhow::Result<ExitCode> {
         data_images: 512,
     };
     let quiet = args.json;
-    let mut report = quietly_catch(|| {
-        backend.run_autodiff(Bench {
-            config: &config,
-            settings: &settings,
-            quiet,
-        })
-    })
-    .map_err(|panic| crate::distill::train::explain_device_panic(&panic, args.batch))??;
-    report.device = backend.to_string();
-    report.peak_memory_mb =
-        crate::backend::reserved_memory_bytes(&backend).map(|b| b as f64 / (1 << 20) as f64);
+    let report = bench(&session, &config, &settings, &mut |what| {
+        if !quiet {
+            eprintln!("kdlab bench: {what}…");
+        }
+    })?;
     if !args.json {
         print_table(&report);
     }
@@ -111,7 +107,7 @@ fn print_table(r: &BenchReport) {
         r.device,
         r.batch,
         r.steps,
-        serde_json::to_value(r.precision).map_or_else(|_| "?".into(), |v| v.to_string())
+        r.precision.name()
     );
     eprintln!(
         "  KD step          {:>9.2} img/s  ({:.1} GFLOP/s at {:.1} GFLOP/image)",
@@ -131,24 +127,5 @@ fn print_table(r: &BenchReport) {
     match r.peak_memory_mb {
         Some(mb) => eprintln!("  device memory    {mb:>9.0} MiB reserved"),
         None => eprintln!("  device memory    not reported by this backend"),
-    }
-}
-
-struct Bench<'a> {
-    config: &'a RunConfig,
-    settings: &'a BenchSettings,
-    quiet: bool,
-}
-
-impl OnAutodiffBackend for Bench<'_> {
-    type Output = anyhow::Result<BenchReport>;
-
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        let quiet = self.quiet;
-        bench::<B>(self.config, self.settings, &device, &mut |what| {
-            if !quiet {
-                eprintln!("kdlab bench: {what}…");
-            }
-        })
     }
 }

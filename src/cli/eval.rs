@@ -3,21 +3,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 
 use anyhow::bail;
-use burn::tensor::backend::AutodiffBackend;
-use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::backend::{OnAutodiffBackend, Selected};
-use crate::config::RunConfig;
-use crate::distill::run_dir::{checkpoint_in, run_of_checkpoint, utc_timestamp};
+use super::Progress;
+use crate::backend::BackendChoice;
 use crate::eval::report::{json_summary, table};
 use crate::eval::{
-    DatasetKind, EvalConfig, EvalEvent, EvalRequest, EvalResult, Method, ModelSpec, Pooling,
-    evaluate,
+    DatasetKind, EvalConfig, EvalEvent, EvalRequest, Method, ModelSpec, Pooling, evaluate,
+    results_dir,
 };
-use crate::weights::read::quietly_catch;
+use crate::session::{EngineError, RunDir};
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("model").required(true).args(["checkpoint", "weights"])))]
@@ -94,18 +90,16 @@ impl EvalArgs {
         config.pooling = self.pooling.unwrap_or(config.pooling);
         config.knn.k = self.k.unwrap_or(config.knn.k);
         config.knn.temperature = self.temperature.unwrap_or(config.knn.temperature);
+        if let Some(epochs) = self.epochs
+            && let Some(note) = config.set_linear_epochs(epochs)
+        {
+            eprintln!("kdlab: note: {note}");
+        }
         let linear = &mut config.linear;
-        linear.epochs = self.epochs.unwrap_or(linear.epochs);
         linear.batch_size = self.batch_size.unwrap_or(linear.batch_size);
         linear.lr = self.lr.unwrap_or(linear.lr);
         linear.weight_decay = self.weight_decay.unwrap_or(linear.weight_decay);
-        if linear.warmup_epochs >= linear.epochs {
-            // Fewer epochs than the default warm-up: keep a tenth of them for it.
-            linear.warmup_epochs = linear.epochs / 10;
-        }
-        config
-            .validate()
-            .map_err(|(field, message)| anyhow::anyhow!("eval setting {field}: {message}"))?;
+        config.validate()?;
         if config.train.is_none() {
             bail!("no training images: give --train (or train: in the eval config)");
         }
@@ -141,73 +135,63 @@ impl EvalArgs {
             );
         }
     }
-}
 
-/// The run directory of `--checkpoint` (a run directory, or a checkpoint in one).
-fn run_dir_of(checkpoint: &Path) -> Option<PathBuf> {
-    if checkpoint.is_dir() {
-        return Some(checkpoint.to_path_buf());
-    }
-    run_of_checkpoint(checkpoint)
-}
-
-pub fn run(args: EvalArgs, backend: Selected) -> anyhow::Result<ExitCode> {
-    let config = args.settings()?;
-    let run_dir = args.checkpoint.as_deref().and_then(run_dir_of);
-    let mut models = Vec::new();
-    if let Some(checkpoint) = &args.checkpoint {
-        models.push(ModelSpec::Weights {
-            path: checkpoint_in(checkpoint),
-            depth: None,
-        });
-    }
-    if let Some(weights) = &args.weights {
-        models.push(ModelSpec::Weights {
-            path: weights.clone(),
-            depth: args.depth,
-        });
-    }
-    match &args.teacher {
-        None => {}
-        Some(Some(path)) => models.push(ModelSpec::Weights {
-            path: path.clone(),
-            depth: None,
-        }),
-        Some(None) => {
-            let Some(run) = &run_dir else {
-                bail!(
-                    "--teacher without a file takes the teacher from the run's config.ron, which \
-                     needs --checkpoint in a run directory; otherwise name it: --teacher WEIGHTS"
-                );
-            };
-            models.push(ModelSpec::RunTeacher(Box::new(RunConfig::load(
-                &run.join("config.ron"),
-            )?)));
+    /// The student, then the teacher beside it.
+    fn models(&self) -> anyhow::Result<Vec<ModelSpec>> {
+        let mut models = Vec::new();
+        let checkpoint = self.checkpoint.as_deref().map(RunDir::checkpoint_in);
+        if let Some(checkpoint) = &checkpoint {
+            models.push(ModelSpec::Weights {
+                path: checkpoint.clone(),
+                depth: None,
+            });
         }
+        if let Some(weights) = &self.weights {
+            models.push(ModelSpec::Weights {
+                path: weights.clone(),
+                depth: self.depth,
+            });
+        }
+        match (&self.teacher, &checkpoint) {
+            (None, _) => {}
+            (Some(Some(path)), _) => models.push(ModelSpec::Weights {
+                path: path.clone(),
+                depth: None,
+            }),
+            (Some(None), Some(checkpoint)) => {
+                models.push(ModelSpec::teacher_of_run(checkpoint, None)?)
+            }
+            (Some(None), None) => bail!(
+                "--teacher without a file takes the teacher from the run's config.ron, which \
+                 needs --checkpoint in a run directory; otherwise name it: --teacher WEIGHTS"
+            ),
+        }
+        Ok(models)
     }
-    let out_dir = match (&args.out, &run_dir) {
-        (Some(out), _) => out.clone(),
-        (None, Some(run)) => run.clone(),
-        (None, None) => PathBuf::from("runs").join(format!("eval-{}", utc_timestamp())),
-    };
+}
+
+pub fn run(args: EvalArgs, backend: BackendChoice) -> anyhow::Result<ExitCode> {
     let request = EvalRequest {
         method: args.method,
-        models,
-        config,
-        out_dir,
-        backend: backend.to_string(),
+        models: args.models()?,
+        config: args.settings()?,
+        out: results_dir(
+            args.out.as_deref(),
+            args.checkpoint.as_deref(),
+            Path::new("runs"),
+        ),
     };
+    let session = super::open_session(backend)?;
     let stop = super::ctrl_c_flag();
-    let batch_size = request.config.batch_size;
-    let results = quietly_catch(|| {
-        backend.run_autodiff(Eval {
-            request: &request,
-            stop: &stop,
-        })
-    })
-    .map_err(|panic| crate::distill::train::explain_device_panic(&panic, batch_size))?;
+    let progress = Progress::new("{spinner} {msg} [{wide_bar}] {pos}/{len} ETA {eta}")?;
+    let mut stage = String::new();
+    let epochs = request.config.linear.epochs;
+    let results = evaluate(&session, &request, &stop, &mut |event| {
+        show(&progress, &mut stage, epochs, event)
+    });
+    drop(progress);
     let results = match results {
-        Err(e) if e.is::<crate::eval::features::Stopped>() => {
+        Err(EngineError::Interrupted) => {
             eprintln!("kdlab: evaluation interrupted; nothing written");
             return Ok(ExitCode::from(130));
         }
@@ -220,69 +204,46 @@ pub fn run(args: EvalArgs, backend: Selected) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-struct Eval<'a> {
-    request: &'a EvalRequest,
-    stop: &'a AtomicBool,
-}
-
-impl OnAutodiffBackend for Eval<'_> {
-    type Output = anyhow::Result<Vec<EvalResult>>;
-
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {msg} [{wide_bar}] {pos}/{len} ETA {eta}")?
-                .progress_chars("=> "),
-        );
-        let say = |message: String| {
-            if bar.is_hidden() {
-                eprintln!("{message}");
-            } else {
-                bar.println(message);
+/// The bar follows the current stage (extraction, neighbours, probe epochs).
+fn show(progress: &Progress, stage: &mut String, epochs: usize, event: EvalEvent) {
+    let bar = &progress.bar;
+    match event {
+        EvalEvent::Note(note) => progress.say(format!("kdlab: {note}")),
+        EvalEvent::Skipped { path, reason } => progress.say(format!(
+            "kdlab: warning: skipped {}: {reason}",
+            path.display()
+        )),
+        EvalEvent::Progress {
+            stage: now,
+            done,
+            total,
+        } => {
+            if now != *stage {
+                bar.reset();
+                bar.set_message(now.clone());
+                *stage = now;
             }
-        };
-        let mut stage = String::new();
-        let mut on_event = |event: EvalEvent| match event {
-            EvalEvent::Note(note) => say(format!("kdlab: {note}")),
-            EvalEvent::Skipped { path, reason } => say(format!(
-                "kdlab: warning: skipped {}: {reason}",
-                path.display()
-            )),
-            EvalEvent::Progress {
-                stage: now,
-                done,
-                total,
-            } => {
-                if now != stage {
-                    bar.reset();
-                    bar.set_message(now.clone());
-                    stage = now;
-                }
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }
+        EvalEvent::Epoch { model, line } => {
+            let now = format!("{}: linear probe epochs", model.name());
+            if now != *stage {
+                bar.reset();
+                bar.set_length(epochs as u64);
+                *stage = now;
             }
-            EvalEvent::Epoch { model, line } => {
-                let now = format!("{}: linear probe epochs", model.name());
-                if now != stage {
-                    bar.reset();
-                    bar.set_length(self.request.config.linear.epochs as u64);
-                    stage = now;
-                }
-                bar.set_message(format!(
-                    "{stage} (loss {:.4}, val top-1 {:.2}%)",
-                    line.loss,
-                    100.0 * line.val_top1
-                ));
-                bar.set_position(line.epoch as u64);
-            }
-            EvalEvent::Finished { result, file } => {
-                bar.finish_and_clear();
-                stage.clear();
-                say(format!("kdlab: {}", result.summary_line(&file)));
-            }
-        };
-        let results = evaluate::<B>(self.request, &device, self.stop, &mut on_event);
-        bar.finish_and_clear();
-        results
+            bar.set_message(format!(
+                "{stage} (loss {:.4}, val top-1 {:.2}%)",
+                line.loss,
+                100.0 * line.val_top1
+            ));
+            bar.set_position(line.epoch as u64);
+        }
+        EvalEvent::Finished { result, file } => {
+            bar.finish_and_clear();
+            stage.clear();
+            progress.say(format!("kdlab: {}", result.summary_line(&file)));
+        }
     }
 }

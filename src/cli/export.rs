@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use anyhow::bail;
 use burn::backend::Flex;
 
+use crate::backend::Selected;
 use crate::distill::checkpoint::{kdlab_metadata, student_tensors};
-use crate::distill::run_dir::checkpoint_in;
 use crate::model::BlockSelection;
+use crate::session::{RunDir, Session};
 use crate::weights::write::write_f32_tensors;
 use crate::weights::{Architecture, Checkpoint};
 
@@ -24,18 +25,22 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let path = checkpoint_in(&args.checkpoint);
+    let path = RunDir::checkpoint_in(&args.checkpoint);
     let checkpoint = Checkpoint::open(&path)?;
     let Architecture::Data2Vec2(_) = &checkpoint.architecture else {
         bail!("{} holds a BEiT v2 model, not a student", path.display());
     };
-    // Loading validates every key and shape before anything is written.
-    let student = checkpoint.load_data2vec2::<Flex>(BlockSelection::All, &Default::default())?;
-    let tensors = student_tensors(&student);
+    // Loading validates every key and shape before anything is written; on the CPU, guarded
+    // like every other piece of work on tensors.
+    let tensors = Session::on(Selected::Cpu).guard(None, || {
+        let student =
+            checkpoint.load_data2vec2::<Flex>(BlockSelection::All, &Default::default())?;
+        Ok(student_tensors(&student))
+    })?;
     write_f32_tensors(
         &args.out,
         &tensors,
-        Some(kdlab_metadata(&checkpoint.architecture)),
+        Some(kdlab_metadata(&checkpoint.architecture)?),
     )?;
     eprintln!(
         "kdlab: wrote {} student tensors to {}",

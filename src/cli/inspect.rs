@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
+use crate::backend::Selected;
+use crate::session::Session;
 use crate::weights::{Architecture, Checkpoint, LoadPlan};
 
 #[derive(Debug, clap::Args)]
@@ -50,7 +52,9 @@ struct ShapeMismatch {
 
 pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let checkpoint = Checkpoint::open(&args.weights)?;
-    let report = report(&checkpoint, checkpoint.plan());
+    // Planning builds the module (shapes only) on the CPU: guarded like any work on tensors.
+    let plan = Session::on(Selected::Cpu).guard(None, || Ok(checkpoint.plan()))?;
+    let report = report(&checkpoint, plan);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::backend::{BackendChoice, Selected};
+use crate::backend::BackendChoice;
+use crate::session::Session;
 
 /// Distil a BEiT v2 teacher into a data2vec 2.0 student on burn, and see per patch where the
 /// student matches the teacher.
@@ -74,21 +75,21 @@ pub fn run() -> anyhow::Result<ExitCode> {
             crate::app::run_app(args, cli.backend)?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Features(args)) => features::run(args, select_backend(cli.backend)?),
+        Some(Command::Features(args)) => features::run(args, cli.backend),
         Some(Command::Inspect(args)) => inspect::run(args),
-        Some(Command::Train(args)) => train::run(args, select_backend(cli.backend)?),
+        Some(Command::Train(args)) => train::run(args, cli.backend),
         Some(Command::Export(args)) => export::run(args),
-        Some(Command::Eval(args)) => eval::run(args, select_backend(cli.backend)?),
-        Some(Command::Bench(args)) => bench::run(args, select_backend(cli.backend)?),
-        Some(Command::Heatmap(args)) => heatmap::run(args, select_backend(cli.backend)?),
+        Some(Command::Eval(args)) => eval::run(args, cli.backend),
+        Some(Command::Bench(args)) => bench::run(args, cli.backend),
+        Some(Command::Heatmap(args)) => heatmap::run(args, cli.backend),
     }
 }
 
 /// Resolves `--backend` and says what was picked, as every computing command does.
-fn select_backend(choice: BackendChoice) -> anyhow::Result<Selected> {
-    let selected = choice.select()?;
-    eprintln!("kdlab: backend {selected}");
-    Ok(selected)
+fn open_session(choice: BackendChoice) -> anyhow::Result<Session> {
+    let session = Session::open(choice)?;
+    eprintln!("kdlab: backend {}", session.backend());
+    Ok(session)
 }
 
 /// A flag that Ctrl-C (or SIGTERM) raises, for commands that stop cleanly at the next step.
@@ -100,19 +101,34 @@ fn ctrl_c_flag() -> Arc<AtomicBool> {
     stop
 }
 
-/// bf16/f16 on the CPU backend are computed in software and skip the fused CPU kernels
-/// (`crate::kernels`, f32 only): the teacher's forward measured 2× slower than in f32.
-fn warn_about_reduced_precision_on_cpu(backend: &Selected, precision: crate::config::Precision) {
-    use crate::config::Precision;
-    let name = match precision {
-        Precision::F32 => return,
-        Precision::Bf16 => "bf16",
-        Precision::F16 => "f16",
-    };
-    if *backend == Selected::Cpu {
-        eprintln!(
-            "kdlab: warning: precision {name} on the CPU is slower than f32 (no bf16/f16 \
-             arithmetic there); set precision: f32 for CPU runs"
+/// Progress of one stage as a bar on a terminal; with stderr not a terminal the bar is hidden
+/// and messages go to stderr directly.
+struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    fn new(template: &str) -> anyhow::Result<Self> {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .map_err(|e| anyhow::anyhow!("progress bar template: {e}"))?
+                .progress_chars("=> "),
         );
+        Ok(Self { bar })
+    }
+
+    fn say(&self, message: String) {
+        if self.bar.is_hidden() {
+            eprintln!("{message}");
+        } else {
+            self.bar.println(message);
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
     }
 }

@@ -77,6 +77,44 @@ fn editing_a_field_shows_its_problem_beside_it_and_blocks_start() {
 }
 
 #[test]
+fn every_problem_shows_beside_its_field_and_start_stays_disabled() {
+    let mut app = demo_app(Path::new("runs"));
+    app.setup
+        .config
+        .student
+        .architecture
+        .as_mut()
+        .unwrap()
+        .embed_dim = 62;
+    app.setup
+        .config
+        .teacher
+        .architecture
+        .as_mut()
+        .unwrap()
+        .depth = 0;
+    let mut harness = harness(app);
+    harness.run();
+    // Four problems, each beside the field it is about, named by the part of it.
+    harness.get_by_label_contains("⚠ embed_dim: 62 does not split into num_heads 4");
+    harness.get_by_label_contains("⚠ embed_dim: 62 is not a multiple of 4");
+    harness
+        .get_by_label_contains("⚠ embed_dim: the student's width 62 differs from the teacher's 64");
+    harness.get_by_label_contains("⚠ depth: must be in 1..=1024");
+    harness.get_by_label("Run").click();
+    harness.run();
+    harness.get_by_label_contains("Setup: teacher.architecture.depth");
+    harness.get_by_label_contains("(and 3 more: see Setup)");
+    harness.get_by_label("▶ Start").click();
+    harness.run();
+    assert_eq!(
+        harness.state().run.progress.state,
+        RunState::Idle,
+        "Start is disabled while the config has problems"
+    );
+}
+
+#[test]
 fn the_demo_run_gets_curve_points_pauses_and_stops_with_a_checkpoint_on_close() {
     let runs = tempfile::tempdir().unwrap();
     let mut app = demo_app(runs.path());
@@ -91,19 +129,21 @@ fn the_demo_run_gets_curve_points_pauses_and_stops_with_a_checkpoint_on_close() 
     });
 
     harness.get_by_label("⏸ Pause").click();
-    step_until(&mut harness, Duration::from_secs(10), |app| {
+    // Paused is what the loop says once it holds between batches (the batch in flight done),
+    // with the step it holds at: from then on no step can happen, however long we look.
+    step_until(&mut harness, Duration::from_secs(30), |app| {
         app.run.progress.state == RunState::Paused
     });
-    std::thread::sleep(Duration::from_millis(300)); // a batch in flight may still finish
-    harness.step();
     let paused_at = harness.state().run.progress.step;
-    std::thread::sleep(Duration::from_millis(700));
-    harness.step();
-    assert_eq!(
-        harness.state().run.progress.step,
-        paused_at,
-        "no steps while paused"
-    );
+    for _ in 0..25 {
+        harness.step();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            harness.state().run.progress.step,
+            paused_at,
+            "no steps while paused"
+        );
+    }
     assert!(harness.get_all_by_label_contains("paused").count() >= 1);
 
     harness.get_by_label("▶ Continue").click();
@@ -174,7 +214,7 @@ fn evaluate_runs_knn_for_student_and_teacher_and_keeps_the_table() {
     // A run of the demo models on the labelled images, two steps long.
     let config = dir.path().join("demo.ron");
     let demo = std::fs::read_to_string("configs/demo.ron").unwrap();
-    let demo = demo.replace("train: \"../assets\"", &format!("train: {:?}", train));
+    let demo = common::replace_once(&demo, "train: \"../assets\"", &format!("train: {train:?}"));
     std::fs::write(&config, demo).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kdlab"))
         .args([

@@ -7,17 +7,6 @@ use std::process::{Command, Output};
 
 use common::*;
 
-fn kdlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kdlab"))
-        .args(args)
-        .output()
-        .expect("the kdlab binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[track_caller]
 fn assert_clean_failure(out: &Output, needles: &[&str]) {
     let err = stderr(out);
@@ -373,7 +362,11 @@ fn depth_on_a_teacher_or_too_deep_is_refused() {
 #[test]
 fn an_unavailable_backend_is_an_error_not_a_panic() {
     if kdlab::backend::BackendChoice::Cuda.select().is_ok() {
-        return; // this machine has CUDA: nothing to refuse
+        skip(
+            "an_unavailable_backend_is_an_error_not_a_panic",
+            "this machine has CUDA, so `--backend cuda` has nothing to refuse",
+        );
+        return;
     }
     let out = kdlab(&[
         "inspect",
@@ -394,4 +387,25 @@ fn an_unavailable_backend_is_an_error_not_a_panic() {
         "/nonexistent/o.safetensors",
     ]);
     assert_clean_failure(&out, &["--backend cuda", "NVIDIA"]);
+}
+
+/// A tensor of rank 0 where the architecture is read from a matrix: an error naming the key.
+#[test]
+fn a_scalar_where_a_matrix_belongs_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = fixture("beitv2_tiny_timm.safetensors");
+    let mut tensors = raw_tensors(&source);
+    let fc1 = tensors
+        .iter_mut()
+        .find(|t| t.0 == "blocks.0.mlp.fc1.weight")
+        .expect("the fixture has the first MLP");
+    fc1.1 = vec![];
+    fc1.2 = 1.0f32.to_le_bytes().to_vec();
+    let broken = dir.path().join("scalar.safetensors");
+    write_safetensors(&broken, &tensors, None);
+    let out = kdlab(&["--no-gui", "inspect", broken.to_str().unwrap()]);
+    assert_clean_failure(
+        &out,
+        &["scalar.safetensors", "blocks.0.mlp.fc1.weight", "scalar"],
+    );
 }

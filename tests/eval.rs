@@ -5,14 +5,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::atomic::AtomicBool;
 
-use burn::backend::{Autodiff, Flex};
-use common::{fixture, synthetic_folders, synthetic_image};
+use burn::backend::Flex;
+use common::{fixture, kdlab_cpu as kdlab, stderr, synthetic_folders, synthetic_image};
 use image::RgbImage;
+use kdlab::backend::Selected;
 use kdlab::eval::settings::{KnnSettings, LinearSettings};
 use kdlab::eval::{DatasetKind, EvalConfig, EvalRequest, EvalResult, Method, ModelSpec, evaluate};
+use kdlab::session::{RunDir, Session};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -45,16 +46,10 @@ fn evaluate_tiny(method: Method, config: EvalConfig, out: &Path) -> EvalResult {
             depth: None,
         }],
         config,
-        out_dir: out.to_path_buf(),
-        backend: "cpu".into(),
+        out: RunDir::at(out),
     };
-    let mut results = evaluate::<Autodiff<Flex>>(
-        &request,
-        &Default::default(),
-        &AtomicBool::new(false),
-        &mut |_| {},
-    )
-    .unwrap();
+    let session = Session::on(Selected::Cpu);
+    let mut results = evaluate(&session, &request, &AtomicBool::new(false), &mut |_| {}).unwrap();
     assert_eq!(results.len(), 1);
     results.remove(0)
 }
@@ -96,18 +91,6 @@ fn knn_and_linear_probe_separate_separable_classes_and_not_shuffled_ones() {
             r.top1
         );
     }
-}
-
-fn kdlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kdlab"))
-        .args(["--no-gui", "--backend", "cpu"])
-        .args(args)
-        .output()
-        .expect("kdlab runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn path(p: &Path) -> &str {
@@ -266,17 +249,39 @@ fn a_run_checkpoint_is_evaluated_with_its_teacher_beside_it() {
             .unwrap()
             .contains("random teacher (seed 7)")
     );
-    for model in [&json, &json["teacher"]] {
-        let top1 = model["top1"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&top1));
+    for (model, role) in [(&json, "student"), (&json["teacher"], "teacher")] {
         assert_eq!(model["linear"]["epochs"], 3);
-    }
-    for role in ["student", "teacher"] {
-        assert!(
-            run.join(format!("eval/linear-folder-{role}.json"))
-                .is_file()
+        // --epochs 3 is shorter than the default 10 warm-up epochs: cut to a tenth, and said.
+        assert_eq!(model["linear"]["warmup_epochs"], 0);
+        // The printed top-1 is the saved result's, and is what its confusion matrix says:
+        // correct predictions (the diagonal) over the 8 validation images.
+        let file = run.join(format!("eval/linear-folder-{role}.json"));
+        let saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(saved["top1"], model["top1"]);
+        let counts: Vec<u64> = saved["confusion"]["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            counts.iter().sum::<u64>(),
+            8,
+            "{role}: every validation image"
+        );
+        let correct: u64 = (0..4).map(|c| counts[c * 4 + c]).sum();
+        assert_eq!(
+            model["top1"].as_f64().unwrap(),
+            correct as f64 / 8.0,
+            "{role}"
         );
     }
+    assert!(
+        stderr(&out).contains("linear.warmup_epochs 10"),
+        "{}",
+        stderr(&out)
+    );
     // The side-by-side table on stderr.
     let table = stderr(&out);
     assert!(

@@ -4,85 +4,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use common::*;
-
-fn kdlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kdlab"))
-        .args(args)
-        .output()
-        .expect("kdlab runs")
-}
-
-fn assets() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets")
-}
-
-/// A tiny run: 6 training images × 2 repeats, batch 4 → 3 steps per epoch.
-fn tiny_config(dir: &Path, data: &Path, extra: &str) -> PathBuf {
-    let text = format!(
-        r#"(
-    name: "tiny",
-    seed: 7,
-    teacher: (architecture: Some((image_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2,
-        mlp_hidden_dim: 64, shared_rel_pos_bias: true, norm_eps: 1e-6))),
-    student: (architecture: Some((image_size: 32, patch_size: 8, embed_dim: 32, depth: 2, prenet_depth: 1,
-        num_heads: 2, mlp_hidden_dim: 64, norm_eps: 1e-6)), blocks: All),
-    data: (train: "{}", val_fraction: 0.25, repeats: 2, workers: 2),
-    optim: (base_lr: 1e-2, batch_size: 4, epochs: 4),
-    log_every: 1,
-    {extra}
-)"#,
-        data.display()
-    );
-    let path = dir.join("tiny.ron");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn run_dirs(runs: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<_> = std::fs::read_dir(runs)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    dirs.sort();
-    dirs
-}
-
-/// `kdlab train` on the CPU with this config, writing runs under `runs`.
-fn train_command(config: &Path, runs: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kdlab"));
-    command.args(["--no-gui", "train", "--backend", "cpu", "--config"]);
-    command.arg(config).arg("--runs-dir").arg(runs);
-    command
-}
-
-fn train(config: &Path, runs: &Path, extra: &[&str]) -> Output {
-    let out = train_command(config, runs)
-        .args(extra)
-        .output()
-        .expect("kdlab runs");
-    assert!(
-        out.status.success(),
-        "train failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// metrics.jsonl without the wall-clock field.
-fn metrics(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("img_per_s");
-            v
-        })
-        .collect()
-}
 
 fn student_weights(run: &Path) -> Vec<(String, Vec<usize>, Vec<u8>, safetensors::Dtype)> {
     raw_tensors(&run.join("checkpoints/last.safetensors"))
@@ -114,30 +38,31 @@ fn same_seed_gives_identical_runs_and_the_loss_falls() {
     assert_eq!(vals, 4, "validation after every epoch");
 }
 
+/// The same run twice under `dir`: once straight to `end` steps, once stopped at `stop` and
+/// resumed to `end`; returns (straight, resumed) run directories.
+fn straight_and_resumed(dir: &Path, config: &Path, stop: &str, end: &str) -> (PathBuf, PathBuf) {
+    let (straight, split) = (dir.join("straight"), dir.join("split"));
+    train(config, &straight, &["--max-steps", end]);
+    train(config, &split, &["--max-steps", stop]);
+    let run = run_dirs(&split)[0].clone();
+    let out = kdlab_cpu(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--max-steps",
+        end,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    (run_dirs(&straight)[0].clone(), run)
+}
+
 /// N steps + resume + M steps = N + M steps: same weights, optimiser state and metrics.
 #[test]
 fn resume_continues_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config(dir.path(), &assets(), "");
-    let (straight, split) = (dir.path().join("straight"), dir.path().join("split"));
-    train(&config, &straight, &["--max-steps", "8"]);
-    train(&config, &split, &["--max-steps", "4"]); // stops mid-epoch (3 steps per epoch)
-    let run = run_dirs(&split)[0].clone();
-    let out = kdlab(&[
-        "train",
-        "--backend",
-        "cpu",
-        "--resume",
-        run.to_str().unwrap(),
-        "--max-steps",
-        "8",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reference = run_dirs(&straight)[0].clone();
+    // Stops mid-epoch (3 steps per epoch).
+    let (reference, run) = straight_and_resumed(dir.path(), &config, "4", "8");
     assert_eq!(metrics(&run), metrics(&reference));
     assert!(
         student_weights(&run) == student_weights(&reference),
@@ -148,14 +73,7 @@ fn resume_continues_exactly() {
 #[test]
 fn bad_files_are_skipped_and_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    for entry in std::fs::read_dir(assets()).unwrap() {
-        let p = entry.unwrap().path();
-        if p.extension().is_some_and(|e| e == "jpg") {
-            std::fs::copy(&p, data.join(p.file_name().unwrap())).unwrap();
-        }
-    }
+    let data = sample_photos_in(&dir.path().join("data"));
     for f in std::fs::read_dir(fixture("images")).unwrap() {
         let p = f.unwrap().path(); // gray PNG, RGBA PNG, CMYK JPEG, RGB JPEG
         std::fs::copy(&p, data.join(p.file_name().unwrap())).unwrap();
@@ -533,4 +451,33 @@ fn bench_reports_every_measurement_as_one_json_line() {
         report["peak_memory_mb"].is_null(),
         "the CPU backend reports no device memory"
     );
+}
+
+/// SPEC §3: N steps + resume + M steps gives the same weights *and metrics* as N + M in one go.
+/// The demo logs every 10 steps; stopping at 12 leaves a window of two losses unlogged, which
+/// the checkpoint carries, so the line at step 20 averages steps 11–20 in both runs.
+#[test]
+fn a_resumed_run_logs_the_same_metrics_as_one_that_never_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = std::fs::read_to_string(demo_config()).unwrap();
+    let demo = replace_once(
+        &demo,
+        "train: \"../assets\"",
+        &format!("train: {:?}", assets()),
+    );
+    let config = dir.path().join("demo.ron");
+    std::fs::write(&config, demo).unwrap();
+    let (reference, run) = straight_and_resumed(dir.path(), &config, "12", "24");
+    let (resumed, uninterrupted) = (metrics(&run), metrics(&reference));
+    let steps: Vec<u64> = uninterrupted
+        .iter()
+        .map(|m| m["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [10, 12, 20],
+        "loss at 10 and 20, validation after epoch 1 (step 12)"
+    );
+    assert_eq!(resumed, uninterrupted);
+    assert!(student_weights(&run) == student_weights(&reference));
 }

@@ -8,10 +8,9 @@ use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use common::*;
 use kdlab::distill::checkpoint::student_tensors;
-use kdlab::distill::optim::{AdamW, AdamWSettings, decays};
-use kdlab::distill::schedule::CosineWithWarmup;
-use kdlab::distill::{kd_loss, prepare_target};
 use kdlab::model::BlockSelection;
+use kdlab::optim::{AdamW, AdamWSettings, CosineWithWarmup, decays};
+use kdlab::target::{kd_loss, prepare_target};
 use kdlab::weights::Checkpoint;
 
 type B = Autodiff<Flex>;
@@ -110,7 +109,7 @@ fn validation_transform_matches_torchvision() {
             .map(|e| e.unwrap().path())
             .find(|p| p.file_stem().unwrap() == stem)
             .unwrap();
-        let rgb = kdlab::data::decode_rgb(&file).unwrap();
+        let rgb = kdlab::data::decode_rgb(&file, Default::default()).unwrap();
         let decoded: Vec<u8> = golden[&format!("{stem}.decoded_rgb_u8")].to_vec().unwrap();
         // PNGs decode exactly; JPEG decoders differ from libjpeg-turbo in IDCT and chroma
         // upsampling by a few levels at edges (README §6), so bound the mean tightly.

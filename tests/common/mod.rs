@@ -143,3 +143,150 @@ pub fn synthetic_folders(
     }
     (root.join("train"), root.join("val"))
 }
+
+// ---- Running the binary -------------------------------------------------------------------
+
+/// `kdlab ARGS…` as a user types it.
+pub fn kdlab(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kdlab"))
+        .args(args)
+        .output()
+        .expect("the kdlab binary runs")
+}
+
+/// `kdlab --no-gui --backend cpu ARGS…`.
+pub fn kdlab_cpu(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kdlab"))
+        .args(["--no-gui", "--backend", "cpu"])
+        .args(args)
+        .output()
+        .expect("the kdlab binary runs")
+}
+
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `kdlab train` on the CPU with this config, writing runs under `runs`.
+pub fn train_command(config: &Path, runs: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kdlab"));
+    command.args(["--no-gui", "train", "--backend", "cpu", "--config"]);
+    command.arg(config).arg("--runs-dir").arg(runs);
+    command
+}
+
+/// Trains and asserts success.
+pub fn train(config: &Path, runs: &Path, extra: &[&str]) -> std::process::Output {
+    let out = train_command(config, runs)
+        .args(extra)
+        .output()
+        .expect("kdlab runs");
+    assert!(out.status.success(), "train failed: {}", stderr(&out));
+    out
+}
+
+pub fn assets() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets")
+}
+
+pub fn demo_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo.ron")
+}
+
+/// A new folder `dir` holding copies of the sample photos in assets/.
+pub fn sample_photos_in(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for entry in std::fs::read_dir(assets()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "jpg") {
+            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    dir.to_path_buf()
+}
+
+/// A PNG whose header says `side`×`side` 1-bit gray pixels, all black: ≈ 110 kB on disk for
+/// `side` = 30 000, 2.7 GB once decoded to RGB (a decompression bomb).
+pub fn bomb_png(path: &Path, side: u32) {
+    let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut encoder = png::Encoder::new(file, side, side);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::One);
+    encoder.set_compression(png::Compression::Fast);
+    let mut writer = encoder
+        .write_header()
+        .unwrap()
+        .into_stream_writer()
+        .unwrap();
+    let row = vec![0u8; (side as usize).div_ceil(8)];
+    for _ in 0..side {
+        std::io::Write::write_all(&mut writer, &row).unwrap();
+    }
+    writer.finish().unwrap();
+}
+
+/// A tiny run: 6 training images × 2 repeats, batch 4 → 3 steps per epoch.
+pub fn tiny_config(dir: &Path, data: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("tiny.ron");
+    std::fs::write(&path, tiny_config_text(data, extra)).unwrap();
+    path
+}
+
+pub fn tiny_config_text(data: &Path, extra: &str) -> String {
+    format!(
+        r#"(
+    name: "tiny",
+    seed: 7,
+    teacher: (architecture: Some((image_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2,
+        mlp_hidden_dim: 64, shared_rel_pos_bias: true, norm_eps: 1e-6))),
+    student: (architecture: Some((image_size: 32, patch_size: 8, embed_dim: 32, depth: 2, prenet_depth: 1,
+        num_heads: 2, mlp_hidden_dim: 64, norm_eps: 1e-6)), blocks: All),
+    data: (train: "{}", val_fraction: 0.25, repeats: 2, workers: 2),
+    optim: (base_lr: 1e-2, batch_size: 4, epochs: 4),
+    log_every: 1,
+    {extra}
+)"#,
+        data.display()
+    )
+}
+
+/// The run directories under `runs`, sorted.
+pub fn run_dirs(runs: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir(runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// metrics.jsonl without the wall-clock field.
+pub fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("img_per_s");
+            v
+        })
+        .collect()
+}
+
+// ---- Honest tests ---------------------------------------------------------------------------
+
+/// `text` with `from` replaced by `to`, failing unless `from` occurs exactly once: an edit of a
+/// config that silently did nothing would make the test test nothing.
+#[track_caller]
+pub fn replace_once(text: &str, from: &str, to: &str) -> String {
+    let count = text.matches(from).count();
+    assert_eq!(count, 1, "{from:?} occurs {count} times, not once");
+    text.replacen(from, to, 1)
+}
+
+/// Says on the terminal — past the test harness's capture, which hides the output of passing
+/// tests — that a check could not run here and why. The caller then returns: skipped, loudly.
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED {test}: {reason} ***\n");
+}

@@ -25,16 +25,10 @@ fn same_seed_gives_identical_runs_and_the_loss_falls() {
     for file in ["config.ron", "log.txt", "checkpoints/best.safetensors"] {
         assert!(ra.join(file).exists(), "{file}");
     }
-    let losses: Vec<f64> = metrics(ra)
-        .iter()
-        .filter_map(|m| m["loss"].as_f64())
-        .collect();
+    let losses: Vec<f64> = metrics(ra).iter().filter_map(|m| m.loss).collect();
     assert_eq!(losses.len(), 12, "4 epochs × 3 steps, one line each");
     assert!(losses[11] < losses[0], "loss falls: {losses:?}");
-    let vals = metrics(ra)
-        .iter()
-        .filter(|m| m.get("val_loss").is_some())
-        .count();
+    let vals = metrics(ra).iter().filter(|m| m.val_loss.is_some()).count();
     assert_eq!(vals, 4, "validation after every epoch");
 }
 
@@ -150,7 +144,12 @@ fn ctrl_c_saves_a_loadable_checkpoint() {
         let progressed = runs.exists()
             && run_dirs(&runs)
                 .first()
-                .is_some_and(|r| metrics(r).len() >= 3);
+                // A line being written is not a line yet: a read that fails is no progress.
+                .is_some_and(|r| {
+                    kdlab::session::RunDir::at(r)
+                        .read_metrics()
+                        .is_ok_and(|m| m.len() >= 3)
+                });
         if progressed {
             break;
         }
@@ -376,11 +375,7 @@ fn heatmap_command_matches_the_probe_maps_and_the_validation_loss() {
         let csv = std::fs::read_to_string(out.join(format!("{stem}.csv"))).unwrap();
         assert_eq!(csv.lines().count(), 1 + 1 + 16, "header, CLS, 16 patches");
     }
-    let val_loss = metrics(&run)
-        .iter()
-        .rev()
-        .find_map(|m| m["val_loss"].as_f64())
-        .unwrap();
+    let val_loss = metrics(&run).iter().rev().find_map(|m| m.val_loss).unwrap();
     let mean = token_means.iter().sum::<f64>() / token_means.len() as f64;
     assert!(
         (mean - val_loss).abs() < 1e-4 * val_loss.max(1.0),
@@ -469,10 +464,7 @@ fn a_resumed_run_logs_the_same_metrics_as_one_that_never_stopped() {
     std::fs::write(&config, demo).unwrap();
     let (reference, run) = straight_and_resumed(dir.path(), &config, "12", "24");
     let (resumed, uninterrupted) = (metrics(&run), metrics(&reference));
-    let steps: Vec<u64> = uninterrupted
-        .iter()
-        .map(|m| m["step"].as_u64().unwrap())
-        .collect();
+    let steps: Vec<usize> = uninterrupted.iter().map(|m| m.step).collect();
     assert_eq!(
         steps,
         [10, 12, 20],

@@ -298,7 +298,7 @@ impl RunPanel {
                 .progress
                 .run_dir
                 .clone()
-                .filter(|d| RunDir::resumable(d).is_ok());
+                .filter(|d| RunDir::at(d).last_checkpoint().is_file());
             if let Some(run_dir) = resumable
                 && ui
                     .add_enabled(!active, egui::Button::new("⟲ Resume"))

@@ -37,8 +37,11 @@ impl TrainingData {
                 .and_then(|t| t.split_off_validation(config.data.val_fraction)),
         };
         let optim = &config.optim;
+        // Whole global batches; a batch of 0 (refused by the config's own checks) makes none.
         let steps_per_epoch = train.as_ref().map_or(0, |t| {
-            t.entries.len() * config.data.repeats / optim.batch_size / optim.grad_accum_steps
+            (t.entries.len() * config.data.repeats)
+                .checked_div(optim.global_batch())
+                .unwrap_or(0)
         });
         if let Some(train) = &train
             && steps_per_epoch == 0

@@ -17,7 +17,7 @@ pub use data::TrainingData;
 pub use events::{Event, NonFiniteLoss, Outcome};
 pub use trainer::{kd_backward, student_backward};
 
-use crate::config::RunConfig;
+use crate::config::{ConfigError, RunConfig};
 use crate::session::{EngineError, ModelPlan, RunDir, Session, on_backend};
 use trainer::Trainer;
 
@@ -118,14 +118,21 @@ pub fn train(
             )));
         }
     };
+    // The config's own rules first: opening files and listing folders for a broken config is
+    // wasted work.
     config.validate()?;
     let resumed_from = match &destination {
         Destination::Existing(run) => Some(run.last_checkpoint()),
         Destination::New { .. } => None,
     };
+    // The weights files and the data are checked together: all their problems in one report.
+    let (models, data) = both(
+        ModelPlan::resolve(&config, resumed_from.as_deref()),
+        TrainingData::open(&config),
+    )?;
     let plan = RunPlan {
-        models: ModelPlan::resolve(&config, resumed_from.as_deref())?,
-        data: TrainingData::open(&config)?,
+        models,
+        data,
         resume: resumed_from.is_some(),
         max_steps: request.max_steps,
         config,
@@ -145,4 +152,19 @@ pub fn train(
         trainer.run(student)
     })?;
     Ok(Finished { outcome, run })
+}
+
+/// Both results, or one error holding every problem of the two.
+fn both<A, B>(a: Result<A, ConfigError>, b: Result<B, ConfigError>) -> Result<(A, B), ConfigError> {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (
+            Err(ConfigError::Invalid { problems, .. }),
+            Err(ConfigError::Invalid { problems: more, .. }),
+        ) => Err(ConfigError::Invalid {
+            path: None,
+            problems: problems.into_iter().chain(more).collect(),
+        }),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
 }

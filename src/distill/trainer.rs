@@ -480,18 +480,16 @@ impl<B: Backend> LossWindow<B> {
         self.count += 1;
     }
 
-    fn read(sum: &Option<Tensor<B, 1>>) -> f64 {
-        sum.clone().map_or(0.0, |s| s.into_scalar().elem::<f64>())
-    }
-
     /// The sum so far (NaN or ∞ when a loss was), the window kept.
     fn peek_sum(&self) -> f64 {
-        Self::read(&self.sum)
+        self.sum
+            .clone()
+            .map_or(0.0, |s| s.into_scalar().elem::<f64>())
     }
 
     /// The mean, and a new window.
     fn take_mean(&mut self) -> f64 {
-        let mean = Self::read(&self.sum) / self.count.max(1) as f64;
+        let mean = self.peek_sum() / self.count.max(1) as f64;
         (self.sum, self.count) = (None, 0);
         mean
     }

@@ -9,9 +9,7 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor};
 
-use crate::config::{
-    ConfigError, ConfigProblem, Precision, Problems, RunConfig, shared_token_problems,
-};
+use crate::config::{ConfigError, Precision, Problems, RunConfig, shared_token_problems};
 use crate::model::generator::{materialize, seeded};
 use crate::model::{BeitV2, BeitV2Config, BlockSelection, Data2Vec2, Data2Vec2Config};
 use crate::target::prepare_target;
@@ -36,6 +34,8 @@ pub struct StudentSource {
     selection: BlockSelection,
     /// The source's architecture (all its main blocks).
     base: Data2Vec2Config,
+    /// The main blocks of `base` it keeps.
+    keep: Vec<usize>,
     /// The student's own: `base` with only the kept blocks.
     pub architecture: Data2Vec2Config,
 }
@@ -208,7 +208,7 @@ impl StudentSource {
                 };
                 let blocks = config.student.blocks;
                 return match blocks.main_blocks(base.prenet_depth, base.depth) {
-                    Ok(keep) => Some(Self::new(None, blocks, base, keep.len())),
+                    Ok(keep) => Some(Self::new(None, blocks, base, keep)),
                     Err(message) => {
                         found.push("student.blocks", message);
                         None
@@ -227,14 +227,14 @@ impl StudentSource {
             );
             return None;
         };
-        let kept = match selection.main_blocks(base.prenet_depth, base.depth) {
-            Ok(kept) => kept.len(),
+        let keep = match selection.main_blocks(base.prenet_depth, base.depth) {
+            Ok(keep) => keep,
             Err(message) => {
                 found.push("student.blocks", format!("{message} ({})", path.display()));
                 return None;
             }
         };
-        let source = Self::new(Some(checkpoint), selection, base, kept);
+        let source = Self::new(Some(checkpoint), selection, base, keep);
         if run_checkpoint.is_none()
             && let Some(stated) = stated
             && *stated != source.base
@@ -255,14 +255,15 @@ impl StudentSource {
         checkpoint: Option<Checkpoint>,
         selection: BlockSelection,
         base: Data2Vec2Config,
-        kept: usize,
+        keep: Vec<usize>,
     ) -> Self {
         let mut architecture = base.clone();
-        architecture.depth = kept;
+        architecture.depth = keep.len();
         Self {
             checkpoint,
             selection,
             base,
+            keep,
             architecture,
         }
     }
@@ -270,13 +271,7 @@ impl StudentSource {
     fn build<B: Backend>(&self, device: &B::Device) -> anyhow::Result<Data2Vec2<B>> {
         Ok(match &self.checkpoint {
             Some(checkpoint) => checkpoint.load_data2vec2::<B>(self.selection, device)?,
-            None => {
-                let keep = self
-                    .selection
-                    .main_blocks(self.base.prenet_depth, self.base.depth)
-                    .map_err(|e| anyhow::anyhow!("student.blocks: {e}"))?;
-                self.base.init::<B>(device).select_main_blocks(&keep)
-            }
+            None => self.base.init::<B>(device).select_main_blocks(&self.keep),
         })
     }
 }
@@ -290,7 +285,7 @@ fn open(path: &Path, field: &str, found: &mut Problems) -> Option<Checkpoint> {
     match Checkpoint::open(path) {
         Ok(checkpoint) => Some(checkpoint),
         Err(e) => {
-            found.0.push(ConfigProblem::new(field, e.to_string()));
+            found.push(field, e.to_string());
             None
         }
     }

@@ -51,15 +51,6 @@ impl Architecture {
             Self::Data2Vec2(c) => c.problems(),
         }
     }
-
-    /// (image size, patch-grid side).
-    pub fn geometry(&self) -> (usize, usize) {
-        let (image, patch) = match self {
-            Self::BeitV2(c) => (c.image_size, c.patch_size),
-            Self::Data2Vec2(c) => (c.image_size, c.patch_size),
-        };
-        (image, image / patch.max(1))
-    }
 }
 
 /// The metadata keys of a kdlab safetensors file.

@@ -260,17 +260,14 @@ pub fn run_dirs(runs: &Path) -> Vec<PathBuf> {
     dirs
 }
 
-/// metrics.jsonl without the wall-clock field.
-pub fn metrics(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("img_per_s");
-            v
-        })
-        .collect()
+/// The run's metrics lines (read as the app and the engine read them) without the wall-clock
+/// field.
+pub fn metrics(run: &Path) -> Vec<kdlab::session::MetricsLine> {
+    let mut lines = kdlab::session::RunDir::at(run).read_metrics().unwrap();
+    for line in &mut lines {
+        line.img_per_s = None;
+    }
+    lines
 }
 
 // ---- Honest tests ---------------------------------------------------------------------------

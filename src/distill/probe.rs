@@ -44,7 +44,7 @@ impl ProbeSet {
         if images.is_empty() {
             return Ok((None, skipped));
         }
-        let (targets, dim) = teacher_tokens(teacher, &images, size, config.precision, device)?;
+        let (targets, dim) = teacher_tokens(teacher, &images, size, device)?;
         Ok((
             Some(Self {
                 images,

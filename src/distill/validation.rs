@@ -49,7 +49,7 @@ pub fn validation_loss<B: Backend>(
             TensorData::new(batch.pixels, [batch.len, 3, size, size]),
             &device,
         );
-        let target = teacher_target(teacher, images.clone(), config.precision);
+        let target = teacher_target(teacher, images.clone());
         let prediction = prepare_target(&student.forward(images).layer_results);
         total += kd_loss(prediction, target).into_scalar().elem::<f64>() * batch.len as f64;
         count += batch.len;

@@ -11,7 +11,6 @@ use image::RgbImage;
 use super::patch_maps::{PatchMapError, PatchMaps};
 use super::pca::PcaBasis;
 use super::render::display_side;
-use crate::config::Precision;
 use crate::data::image_file::{DecodeError, DecodeLimits};
 use crate::data::resize::resize_bicubic;
 use crate::data::{decode_rgb, validation_transform};
@@ -85,12 +84,9 @@ pub fn teacher_tokens<B: Backend>(
     teacher: &BeitV2<B>,
     images: &[ProbeImage],
     size: usize,
-    precision: Precision,
     device: &B::Device,
 ) -> anyhow::Result<(Vec<Vec<f32>>, usize)> {
-    tokens_per_image(images, size, device, |x| {
-        teacher_target(teacher, x, precision)
-    })
+    tokens_per_image(images, size, device, |x| teacher_target(teacher, x))
 }
 
 /// The student's prepared prediction for each image, `[T·D]` each.
@@ -143,7 +139,6 @@ pub struct InspectedPair<B: Backend> {
     /// Input side and patch-grid side of the student.
     pub size: usize,
     pub grid: usize,
-    precision: Precision,
     limits: DecodeLimits,
     device: B::Device,
 }
@@ -163,7 +158,6 @@ impl<B: Backend> InspectedPair<B> {
             student,
             size,
             grid,
-            precision: plan.precision,
             limits,
             device: device.clone(),
         })
@@ -175,13 +169,7 @@ impl<B: Backend> InspectedPair<B> {
 
     /// Maps and tokens of each image.
     pub fn analyse(&self, images: &[ProbeImage]) -> anyhow::Result<Vec<Analysis>> {
-        let (targets, dim) = teacher_tokens(
-            &self.teacher,
-            images,
-            self.size,
-            self.precision,
-            &self.device,
-        )?;
+        let (targets, dim) = teacher_tokens(&self.teacher, images, self.size, &self.device)?;
         let (predictions, _) = student_tokens(&self.student, images, self.size, &self.device)?;
         targets
             .into_iter()

@@ -12,8 +12,9 @@
 //! itself uses), with backward passes where the student needs them.
 //!
 //! The kernels run when the backend is `Flex` or `Autodiff<Flex>` and the tensors are f32; every
-//! other backend and dtype takes burn's own operations (CUDA and WGPU have fused attention of
-//! their own), and tests hold both paths equal. burn has no specialisation, so the backend is
+//! other backend takes burn's own operations (CUDA and WGPU have fused attention of their own),
+//! every half type the autocast form of attention (`half_attention`), and tests hold the paths
+//! equal. burn has no specialisation, so the backend is
 //! recognised by its `TypeId` and the tensor moved out through `Any` (safe code, nothing
 //! reinterpreted).
 
@@ -106,7 +107,8 @@ pub fn adamw<B: Backend>(
     Ok(updated.map(wrap))
 }
 
-/// burn's attention operation (fused on CUDA and WGPU) on split heads.
+/// burn's attention operation (fused on CUDA and WGPU) on split heads; in a half type, the
+/// products in it and the softmax in f32 (`half_attention`).
 fn unfused<B: Backend>(
     qkv: Tensor<B, 3>,
     num_heads: usize,
@@ -123,9 +125,36 @@ fn unfused<B: Backend>(
         b.unsqueeze::<4>()
             .expand([batch, num_heads, tokens, tokens])
     });
-    burn_attention(q, k, v, None, bias, AttentionModuleOptions::default()) // [B, H, T, hd]
-        .swap_dims(1, 2)
-        .reshape([batch, tokens, embed_dim])
+    let heads = if q.dtype() == DType::F32 {
+        burn_attention(q, k, v, None, bias, AttentionModuleOptions::default())
+    } else {
+        half_attention(q, k, v, bias)
+    }; // [B, H, T, hd]
+    heads.swap_dims(1, 2).reshape([batch, tokens, embed_dim])
+}
+
+/// `softmax(q·kᵀ·hd^-0.5 + bias)·v` as autocast computes the models' own attention code: both
+/// products in the half type of q, k, v; scaling, the f32 bias and the softmax in f32.
+///
+/// # Shapes
+/// - q, k, v: `[B, H, T, hd]`, bias: `[B, H, T, T]` → `[B, H, T, hd]`
+fn half_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Option<Tensor<B, 4>>,
+) -> Tensor<B, 4> {
+    let half = q.dtype();
+    let [.., head_dim] = q.dims();
+    let logits = q
+        .matmul(k.swap_dims(2, 3))
+        .cast(DType::F32)
+        .mul_scalar((head_dim as f64).powf(-0.5));
+    let logits = match bias {
+        Some(bias) => logits + bias.cast(DType::F32),
+        None => logits,
+    };
+    activation::softmax(logits, 3).cast(half).matmul(v)
 }
 
 /// A tensor on one of the backends the kernels serve, or any other.

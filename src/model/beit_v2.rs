@@ -6,14 +6,15 @@
 //! unilm and timm files load without remapping. `mask_token`, `norm`, `lm_head` are not built: the
 //! KD teacher never masks and uses the residual stream before the final norm.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::ModelOutput;
-use super::vit::{Mlp, PatchEmbed, linear_tokens};
+use super::autocast::{self, Autocast};
+use super::vit::{Mlp, PatchEmbed};
 use crate::kernels::multi_head_attention;
 
 /// Architecture of a BEiT v2 encoder; `vit_base_patch16_224` is the released teacher.
@@ -80,6 +81,7 @@ impl BeitV2Config {
             blocks,
             relative_position_index: Tensor::from_data(TensorData::new(index, [tokens]), device),
             num_heads: self.num_heads,
+            autocast: Autocast::OFF,
         }
     }
 }
@@ -104,13 +106,13 @@ pub struct BeitAttention<B: Backend> {
 
 impl<B: Backend> BeitAttention<B> {
     /// # Shapes
-    /// - x: `[B, T, D]`, bias: `[H, T, T]` → `[B, T, D]`
-    fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// - x: `[B, T, D]`, bias: `[H, T, T]` (f32) → `[B, T, D]` in the compute type
+    fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 3>, amp: Autocast) -> Tensor<B, 3> {
         let q_bias = self.q_bias.val();
         let k_bias = q_bias.zeros_like();
         let qkv_bias = Tensor::cat(vec![q_bias, k_bias, self.v_bias.val()], 0);
-        let qkv = linear_tokens(&self.qkv, x) + qkv_bias.unsqueeze::<3>();
-        linear_tokens(
+        let qkv = amp.linear(&self.qkv, x) + amp.half(qkv_bias).unsqueeze::<3>();
+        amp.linear(
             &self.proj,
             multi_head_attention(qkv, self.num_heads, Some(bias)),
         )
@@ -158,12 +160,19 @@ impl<B: Backend> BeitBlock<B> {
         }
     }
 
-    /// Pre-LN with layer scale: `x ← x + γ₁·attn(norm1(x)); x ← x + γ₂·mlp(norm2(x))`.
-    fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// Pre-LN with layer scale: `x ← x + γ₁·attn(norm1(x)); x ← x + γ₂·mlp(norm2(x))`; the
+    /// residual stream `x` in f32.
+    fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 3>, amp: Autocast) -> Tensor<B, 3> {
         let gamma_1 = self.gamma_1.val().unsqueeze::<3>();
         let gamma_2 = self.gamma_2.val().unsqueeze::<3>();
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x), bias) * gamma_1;
-        x.clone() + self.mlp.forward(self.norm2.forward(x)) * gamma_2
+        let attn = self
+            .attn
+            .forward(amp.layer_norm(&self.norm1, x.clone()), bias, amp);
+        let x = x + autocast::f32(attn) * gamma_1;
+        let mlp = self
+            .mlp
+            .forward(amp.layer_norm(&self.norm2, x.clone()), amp);
+        x + autocast::f32(mlp) * gamma_2
     }
 }
 
@@ -178,16 +187,31 @@ pub struct BeitV2<B: Backend> {
     #[module(skip)]
     relative_position_index: Tensor<B, 1, Int>,
     num_heads: usize,
+    /// What the forward computes in (the matrix weights are stored in it: the teacher is frozen).
+    autocast: Autocast,
 }
 
 impl<B: Backend> BeitV2<B> {
+    /// The same frozen model computing its matrix products in `dtype` (autocast), with the
+    /// weights of those products stored in `dtype` once rather than cast at every forward; norms,
+    /// biases, layer scales, the CLS token and the position table stay f32.
+    pub fn computing_in(self, dtype: burn::tensor::DType) -> Self {
+        let mut model = self.map(&mut MatrixWeightsTo {
+            dtype,
+            name: String::new(),
+        });
+        model.autocast = Autocast::new(dtype);
+        model
+    }
+
     /// Layer results are the residual stream after each block (no final norm).
     ///
     /// # Shapes
     /// - images: `[B, 3, H, W]`, normalised
     /// - each layer result and `last_hidden`: `[B, 1 + N, D]`, CLS first
     pub fn forward(&self, images: Tensor<B, 4>) -> ModelOutput<B> {
-        let patches = self.patch_embed.forward(images); // [B, N, D]
+        let amp = self.autocast;
+        let patches = autocast::f32(self.patch_embed.forward(images, amp)); // [B, N, D]
         let [batch, _, dim] = patches.dims();
         let cls = self.cls_token.val().expand([batch, 1, dim]);
         let mut x = Tensor::cat(vec![cls, patches], 1); // [B, T, D]
@@ -202,7 +226,7 @@ impl<B: Backend> BeitV2<B> {
                 (None, Some(table)) => self.gather_bias(table.val()),
                 (None, None) => unreachable!("BeitV2Config::init gives every block a table"),
             };
-            x = block.forward(x, bias);
+            x = block.forward(x, bias, amp);
             layer_results.push(x.clone());
         }
         ModelOutput {
@@ -219,6 +243,28 @@ impl<B: Backend> BeitV2<B> {
             .select(0, self.relative_position_index.clone()) // [T·T, H]
             .reshape([tokens, tokens, self.num_heads])
             .permute([2, 0, 1])
+    }
+}
+
+/// Casts the weights of the linear layers and the patch convolution (`*.weight`, rank ≥ 2).
+struct MatrixWeightsTo {
+    dtype: burn::tensor::DType,
+    /// The name of the module being entered (the parameter's own name inside `map_float`).
+    name: String,
+}
+
+impl<B: Backend> ModuleMapper<B> for MatrixWeightsTo {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.name = name.to_string();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if D >= 2 && self.name == "weight" {
+            let dtype = self.dtype;
+            param.map(|t| t.cast(dtype))
+        } else {
+            param
+        }
     }
 }
 

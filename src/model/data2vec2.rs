@@ -12,8 +12,9 @@ use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::ModelOutput;
+use super::autocast::{self, Autocast};
 use super::sincos::sincos_2d;
-use super::vit::{Mlp, PatchEmbed, linear_tokens};
+use super::vit::{Mlp, PatchEmbed};
 use crate::kernels::multi_head_attention;
 
 /// Which main blocks of the pretrained model a student keeps (the prenet blocks are always kept).
@@ -113,6 +114,7 @@ impl Data2Vec2Config {
             context_norm: norm(),
             prenet_blocks: blocks(self.prenet_depth),
             blocks: blocks(self.depth),
+            autocast: Autocast::OFF,
         }
     }
 }
@@ -156,17 +158,18 @@ impl<B: Backend> AltBlock<B> {
 
     /// `x ← x + attn(x); r ← norm1(x); m ← mlp(r); x ← norm2(r + m)`.
     ///
-    /// Returns `(x, m)`: the block output and its layer result, the FFN output before the
-    /// residual (`end_of_block_targets = False`).
-    fn forward(&self, x: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    /// Returns `(x, m)`: the block output (f32) and its layer result, the FFN output before the
+    /// residual (`end_of_block_targets = False`), in the compute type.
+    fn forward(&self, x: Tensor<B, 3>, amp: Autocast) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let attn = multi_head_attention(
-            linear_tokens(&self.attn.qkv, x.clone()),
+            amp.linear(&self.attn.qkv, x.clone()),
             self.attn.num_heads,
             None,
         );
-        let r = self.norm1.forward(x + linear_tokens(&self.attn.proj, attn));
-        let m = self.mlp.forward(r.clone());
-        (self.norm2.forward(r + m.clone()), m)
+        let attn = autocast::f32(amp.linear(&self.attn.proj, attn));
+        let r = amp.layer_norm(&self.norm1, x + attn);
+        let m = self.mlp.forward(r.clone(), amp);
+        (amp.layer_norm(&self.norm2, r + autocast::f32(m.clone())), m)
     }
 }
 
@@ -181,9 +184,22 @@ pub struct Data2Vec2<B: Backend> {
     pub context_norm: LayerNorm<B>,
     pub prenet_blocks: Vec<AltBlock<B>>,
     pub blocks: Vec<AltBlock<B>>,
+    /// What the forward computes in; the parameters stay f32 (the master weights).
+    autocast: Autocast,
 }
 
 impl<B: Backend> Data2Vec2<B> {
+    /// The same model, computing its matrix products in `dtype` from now on (autocast); its
+    /// parameters stay f32.
+    pub fn computing_in(mut self, dtype: burn::tensor::DType) -> Self {
+        self.autocast = Autocast::new(dtype);
+        self
+    }
+
+    pub fn autocast(&self) -> Autocast {
+        self.autocast
+    }
+
     /// Keeps the prenet and only the given main blocks, in order.
     pub fn select_main_blocks(mut self, keep: &[usize]) -> Self {
         let mut blocks: Vec<Option<AltBlock<B>>> = self.blocks.into_iter().map(Some).collect();
@@ -199,19 +215,19 @@ impl<B: Backend> Data2Vec2<B> {
     /// # Shapes
     /// - images: `[B, 3, H, W]`, normalised
     /// - each layer result and `last_hidden`: `[B, 1 + N, D]`, CLS first
+    /// - layer results in the compute type, `last_hidden` in f32
     pub fn forward(&self, images: Tensor<B, 4>) -> ModelOutput<B> {
-        let patches = self.patch_embed.forward(images) + self.positions.val(); // [B, N, D]
+        let amp = self.autocast;
+        let patches = autocast::f32(self.patch_embed.forward(images, amp)) + self.positions.val(); // [B, N, D]
         let [batch, _, dim] = patches.dims();
         let cls = self.extra_tokens.val().expand([batch, 1, dim]);
-        let mut x = self
-            .context_norm
-            .forward(Tensor::cat(vec![cls, patches], 1));
+        let mut x = amp.layer_norm(&self.context_norm, Tensor::cat(vec![cls, patches], 1));
         for block in &self.prenet_blocks {
-            x = block.forward(x).0;
+            x = block.forward(x, amp).0;
         }
         let mut layer_results = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
-            let (out, layer_result) = block.forward(x);
+            let (out, layer_result) = block.forward(x, amp);
             layer_results.push(layer_result);
             x = out;
         }

@@ -1,5 +1,6 @@
 //! The two encoders of the distillation, written for any width, depth, heads and grid.
 
+pub mod autocast;
 pub mod beit_v2;
 pub mod data2vec2;
 pub mod generator;
@@ -11,6 +12,7 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
+pub use autocast::Autocast;
 pub use beit_v2::{BeitV2, BeitV2Config};
 pub use data2vec2::{BlockSelection, Data2Vec2, Data2Vec2Config};
 

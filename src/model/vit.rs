@@ -1,5 +1,5 @@
-//! ViT parts shared by BEiT v2 and data2vec 2.0: patch embedding, MLP, token-wise linear layers
-//! (attention is `crate::kernels::multi_head_attention`).
+//! ViT parts shared by BEiT v2 and data2vec 2.0: patch embedding and MLP (token-wise linear
+//! layers are `Autocast::linear`, attention is `crate::kernels::multi_head_attention`).
 //!
 //! Upstream: timm `layers/patch_embed.py`, `layers/mlp.py`; unilm `beit2/modeling_finetune.py`;
 //! fairseq `examples/data2vec/models/modalities/modules.py`.
@@ -9,7 +9,10 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
 
+use super::autocast::Autocast;
 use crate::kernels::gelu;
 
 /// `Conv2d(3, D, kernel p, stride p)` flattened row-major over the patch grid.
@@ -28,10 +31,18 @@ impl<B: Backend> PatchEmbed<B> {
 
     /// # Shapes
     /// - images: `[B, 3, H, W]`
-    /// - output: `[B, N, D]`, N = (H/p)·(W/p), row-major over the grid
-    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
-        self.proj
-            .forward(images) // [B, D, H/p, W/p]
+    /// - output: `[B, N, D]`, N = (H/p)·(W/p), row-major over the grid, in the compute type
+    pub fn forward(&self, images: Tensor<B, 4>, amp: Autocast) -> Tensor<B, 3> {
+        let patches = if amp.is_on() {
+            // The convolution with its weights in the compute type; kernel = stride, no padding.
+            let conv = &self.proj;
+            let options = ConvOptions::new(conv.stride, [0, 0], conv.dilation, conv.groups);
+            let bias = conv.bias.as_ref().map(|b| amp.half(b.val()));
+            conv2d(amp.half(images), amp.half(conv.weight.val()), bias, options)
+        } else {
+            self.proj.forward(images)
+        }; // [B, D, H/p, W/p]
+        patches
             .flatten::<3>(2, 3) // [B, D, N]
             .swap_dims(1, 2)
     }
@@ -52,19 +63,8 @@ impl<B: Backend> Mlp<B> {
         }
     }
 
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        linear_tokens(&self.fc2, gelu(linear_tokens(&self.fc1, x)))
+    /// In the compute type.
+    pub fn forward(&self, x: Tensor<B, 3>, amp: Autocast) -> Tensor<B, 3> {
+        amp.linear(&self.fc2, gelu(amp.linear(&self.fc1, x)))
     }
-}
-
-/// `linear` over the tokens of all images as one `[B·T, D]` matrix, as PyTorch does.
-///
-/// burn's linear on a `[B, T, D]` input runs one matrix product per image and, backwards, builds
-/// a `[B, D_in, D_out]` weight gradient before summing it over the images; flattened, both are
-/// one GEMM (half the student step's time on the CPU went to the per-image form).
-pub fn linear_tokens<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [batch, tokens, width] = x.dims();
-    let y = linear.forward(x.reshape([batch * tokens, width]));
-    let [_, out] = y.dims();
-    y.reshape([batch, tokens, out])
 }

@@ -5,9 +5,8 @@
 
 use std::path::Path;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, Tensor};
 
 use crate::config::{ConfigError, Precision, Problems, RunConfig, shared_token_problems};
 use crate::model::generator::{materialize, seeded};
@@ -89,8 +88,9 @@ impl ModelPlan {
         (s.image_size, s.image_size / s.patch_size)
     }
 
-    /// Teacher (in the precision's compute type) and student on two backends that share a
-    /// device (the inner and the autodiff backend, or one backend twice).
+    /// Teacher and student on two backends that share a device (the inner and the autodiff
+    /// backend, or one backend twice), both computing in the precision's type (autocast; the
+    /// student's parameters stay f32, the master weights).
     ///
     /// Seeded once, the teacher whole before the student: a random (demo) teacher depends only
     /// on the seed and its architecture, so every command rebuilds the very teacher a run
@@ -102,7 +102,8 @@ impl ModelPlan {
         seeded::<TB, _>(device, self.seed, || {
             let teacher = materialize(self.teacher.build::<TB>(device)?);
             let student = materialize(self.student.build::<SB>(device)?);
-            Ok((cast_float_params(teacher, self.precision), student))
+            let dtype = self.precision.compute_dtype();
+            Ok((teacher.computing_in(dtype), student.computing_in(dtype)))
         })
     }
 
@@ -291,30 +292,11 @@ fn open(path: &Path, field: &str, found: &mut Problems) -> Option<Checkpoint> {
     }
 }
 
-/// Casts a frozen module's weights (the teacher) to the precision's compute type.
-fn cast_float_params<B: Backend, M: Module<B>>(module: M, precision: Precision) -> M {
-    struct Cast(DType);
-    impl<B: Backend> ModuleMapper<B> for Cast {
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-            let dtype = self.0;
-            param.map(|t| t.cast(dtype))
-        }
-    }
-    match precision {
-        Precision::F32 => module,
-        other => module.map(&mut Cast(other.compute_dtype())),
-    }
-}
-
-/// The teacher's target for a batch, in f32, outside the autodiff graph.
+/// The teacher's target for a batch, in f32 (the teacher computes in its own type), outside
+/// the autodiff graph.
 ///
 /// # Shapes
-/// - images: `[B, 3, H, W]` → `[B, T, D]`
-pub fn teacher_target<B: Backend>(
-    teacher: &BeitV2<B>,
-    images: Tensor<B, 4>,
-    precision: Precision,
-) -> Tensor<B, 3> {
-    let images = images.cast(precision.compute_dtype());
+/// - images: `[B, 3, H, W]` (f32) → `[B, T, D]`
+pub fn teacher_target<B: Backend>(teacher: &BeitV2<B>, images: Tensor<B, 4>) -> Tensor<B, 3> {
     prepare_target(&teacher.forward(images).layer_results)
 }

@@ -21,7 +21,7 @@ use crate::data::{ImageFolder, train_transform};
 use crate::distill::{kd_backward, student_backward};
 use crate::model::generator::seeded;
 use crate::model::{BeitV2Config, BlockSelection, Data2Vec2Config};
-use crate::optim::AdamW;
+use crate::optim::StudentOptimizer;
 use crate::session::{EngineError, ModelPlan, Models, Session, on_backend, teacher_target};
 
 #[derive(Debug, Clone)]
@@ -135,7 +135,12 @@ fn bench_on<B: AutodiffBackend>(
             device,
         )
     });
-    let mut optimizer = AdamW::<B::InnerBackend>::new(config.optim.adamw());
+    // As training steps: clipping, and f16's loss scaling, included.
+    let mut optimizer = StudentOptimizer::<B::InnerBackend>::new(
+        config.optim.adamw(),
+        config.optim.clip_grad_norm,
+        config.precision == Precision::F16,
+    );
     let lr = config.optim.peak_lr();
     let per_second = |seconds: f64| (settings.batch * settings.steps) as f64 / seconds;
     let (warmup, steps) = (settings.warmup, settings.steps);
@@ -145,8 +150,7 @@ fn bench_on<B: AutodiffBackend>(
     // work whose result nobody uses; the reduction is negligible next to the forward.
     let mut checksum = Tensor::<B::InnerBackend, 1>::zeros([1], device);
     let teacher_forward = timed::<B>(device, warmup, steps, || {
-        checksum =
-            checksum.clone() + teacher_target(&teacher, images.clone(), config.precision).sum();
+        checksum = checksum.clone() + teacher_target(&teacher, images.clone()).sum();
         Ok(())
     })?;
     let checksum = checksum.into_scalar().elem::<f64>();
@@ -156,20 +160,22 @@ fn bench_on<B: AutodiffBackend>(
     );
 
     let mut student = Some(student);
-    let target = teacher_target(&teacher, images.clone(), config.precision);
+    let target = teacher_target(&teacher, images.clone());
     say("student forward, backward and AdamW step");
     let student_step = timed::<B>(device, warmup, steps, || {
         let current = student.take().expect("the student is put back every step");
-        let (_, grads) = student_backward(&current, images.clone(), target.clone(), 1.0);
-        student = Some(optimizer.step(lr, current, grads));
+        let scale = optimizer.loss_scale();
+        let (_, grads) = student_backward(&current, images.clone(), target.clone(), scale);
+        student = Some(optimizer.step(lr, current, grads).0);
         Ok(())
     })?;
 
     say("full distillation step");
     let kd_step = timed::<B>(device, warmup, steps, || {
         let current = student.take().expect("the student is put back every step");
-        let (_, grads) = kd_backward(&teacher, &current, images.clone(), config.precision, 1.0);
-        student = Some(optimizer.step(lr, current, grads));
+        let scale = optimizer.loss_scale();
+        let (_, grads) = kd_backward(&teacher, &current, images.clone(), scale);
+        student = Some(optimizer.step(lr, current, grads).0);
         Ok(())
     })?;
 

@@ -13,7 +13,7 @@ use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Data2Vec2;
-use crate::optim::{AdamW, Moments};
+use crate::optim::{AdamW, GradScaler, Moments};
 use crate::weights::Architecture;
 use crate::weights::layout::{
     KDLAB_ARCHITECTURE_KEY, KDLAB_FORMAT, KDLAB_FORMAT_KEY, fairseq_name, kdlab_path_of_fairseq,
@@ -40,6 +40,9 @@ pub struct TrainState {
     /// one that never stopped (absent in checkpoints of kdlab before 0.1.1: an empty window).
     #[serde(default)]
     pub loss_window: LossWindowState,
+    /// f16's loss scale (absent before kdlab 0.2 and in other precisions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_scaler: Option<GradScaler>,
 }
 
 impl TrainState {
@@ -52,6 +55,7 @@ impl TrainState {
             best_val_loss: None,
             optim_steps: BTreeMap::new(),
             loss_window: LossWindowState::default(),
+            grad_scaler: None,
         }
     }
 }

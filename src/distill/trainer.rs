@@ -27,7 +27,7 @@ use crate::data::loader::{BatchStream, LoaderSettings, Transform, epoch_order, s
 use crate::data::train_transform;
 use crate::inspect::Provenance;
 use crate::model::{BeitV2, Data2Vec2};
-use crate::optim::{AdamW, CosineWithWarmup, clip_grad_norm};
+use crate::optim::{CosineWithWarmup, StepOutcome, StudentOptimizer};
 use crate::session::{MetricsLine, Models, RunDir, RunRecorder, teacher_target};
 use crate::target::{kd_loss, prepare_target};
 use crate::weights::Architecture;
@@ -55,13 +55,16 @@ impl StepLimits {
 /// A resumed run's training state and AdamW moments, from its last checkpoint.
 fn restore<B: Backend>(
     run: &RunDir,
-    optimizer: &mut AdamW<B>,
+    optimizer: &mut StudentOptimizer<B>,
     recorder: &mut RunRecorder,
     device: &B::Device,
 ) -> anyhow::Result<TrainState> {
     let last = run.last_checkpoint();
     let (state, moments) = checkpoint::load_training_state(&last, device)?;
-    optimizer.state = moments;
+    optimizer.adamw.state = moments;
+    if optimizer.scaler.is_some() {
+        optimizer.scaler = state.grad_scaler.or(optimizer.scaler);
+    }
     recorder.log(&format!(
         "resumed from {} at step {}",
         last.display(),
@@ -87,7 +90,7 @@ pub(super) struct Trainer<'a, B: AutodiffBackend> {
     device: B::Device,
     teacher: BeitV2<B::InnerBackend>,
     student_architecture: Architecture,
-    optimizer: AdamW<B::InnerBackend>,
+    optimizer: StudentOptimizer<B::InnerBackend>,
     schedule: CosineWithWarmup,
     limits: StepLimits,
     state: TrainState,
@@ -118,7 +121,11 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let Models { teacher, student } = plan.models.build::<B>(device)?;
         let (size, grid) = plan.models.geometry();
         let mut recorder = run.recorder()?;
-        let mut optimizer = AdamW::new(config.optim.adamw());
+        let mut optimizer = StudentOptimizer::new(
+            config.optim.adamw(),
+            config.optim.clip_grad_norm,
+            config.precision == Precision::F16,
+        );
         let state = if plan.resume {
             restore(run, &mut optimizer, &mut recorder, device)?
         } else {
@@ -262,8 +269,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             &self.teacher,
             student,
             images,
-            self.config.precision,
-            1.0 / self.config.optim.grad_accum_steps as f64,
+            self.optimizer.loss_scale() / self.config.optim.grad_accum_steps as f64,
         );
         self.accumulator.accumulate(student, grads);
         self.accumulated += 1;
@@ -271,16 +277,21 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         self.speed.images += len;
     }
 
-    /// One AdamW update with the accumulated gradients (clipped when configured).
+    /// One AdamW update with the accumulated gradients (unscaled in f16, clipped when
+    /// configured). A step whose f16 gradients overflowed leaves the student as it was but
+    /// counts, as in PyTorch's loop: the schedule and the data move on.
     fn step(&mut self, student: Data2Vec2<B>) -> Data2Vec2<B> {
         self.accumulated = 0;
-        let mut grads = self.accumulator.grads();
-        if let Some(max_norm) = self.config.optim.clip_grad_norm {
-            clip_grad_norm(&student, &mut grads, max_norm);
-        }
+        let grads = self.accumulator.grads();
         self.last_lr = self.schedule.lr(self.state.step);
-        let student = self.optimizer.step(self.last_lr, student, grads);
+        let (student, outcome) = self.optimizer.step(self.last_lr, student, grads);
         self.state.step += 1;
+        if let StepOutcome::SkippedOverflow { scale } = outcome {
+            self.recorder.log(&format!(
+                "step {}: the f16 gradients overflowed; update skipped, loss scale now {scale}",
+                self.state.step
+            ));
+        }
         student
     }
 
@@ -350,13 +361,14 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     /// Saves `checkpoints/last` — never a student that met a non-finite loss.
     fn checkpoint(&mut self, student: &Data2Vec2<B>) -> anyhow::Result<()> {
         self.state.loss_window = self.window.state();
+        self.state.grad_scaler = self.optimizer.scaler;
         self.ensure_finite(self.state.loss_window.sum)?;
         let path = self.run.last_checkpoint();
         checkpoint::save(
             &path,
             &student.valid(),
             &self.student_architecture,
-            &self.optimizer,
+            &self.optimizer.adamw,
             &self.state,
             &self.config_ron,
         )?;
@@ -524,15 +536,15 @@ impl Speed {
 }
 
 /// The KD loss of one batch (f32, left on the device) and the student's gradients of
-/// `loss × grad_scale` — the training step without the optimiser.
+/// `loss × grad_scale` — the training step without the optimiser. Each model computes in its
+/// own type (`computing_in`).
 pub fn kd_backward<B: AutodiffBackend>(
     teacher: &BeitV2<B::InnerBackend>,
     student: &Data2Vec2<B>,
     images: Tensor<B::InnerBackend, 4>,
-    precision: Precision,
     grad_scale: f64,
 ) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
-    let target = teacher_target(teacher, images.clone(), precision);
+    let target = teacher_target(teacher, images.clone());
     student_backward(student, images, target, grad_scale)
 }
 

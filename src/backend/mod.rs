@@ -2,7 +2,8 @@
 //! GPU adapter, else the CPU (burn's `flex`).
 //!
 //! Probing never creates a burn device first: burn's CUDA backend panics on first use without a
-//! driver, so the driver library is looked for and asked for its device name beforehand.
+//! driver, or without NVRTC and the CUDA headers it compiles its kernels with, so the driver is
+//! asked for its device name and the toolkit is checked (`cuda_toolkit`) beforehand.
 //! Running work on the selected backend is the session's (`session::on_backend!`).
 
 use std::fmt;
@@ -12,6 +13,8 @@ use burn::backend::wgpu::WgpuDevice;
 use serde::{Deserialize, Serialize};
 
 use crate::guard::quietly_catch;
+
+pub mod cuda_toolkit;
 
 /// What the user asked for (`--backend`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -56,36 +59,71 @@ impl fmt::Display for Selected {
 pub enum BackendError {
     #[error("--backend cuda: no usable NVIDIA driver/GPU ({0}); try --backend wgpu or cpu")]
     CudaUnavailable(String),
+    #[error("--backend cuda: {gpu} is there, but {reason}")]
+    CudaNotReady { gpu: String, reason: String },
     #[error("--backend wgpu: no WGPU adapter (Vulkan, Metal or DX12) was found; try --backend cpu")]
     WgpuUnavailable,
 }
 
 impl BackendChoice {
     pub fn select(self) -> Result<Selected, BackendError> {
+        self.select_explained().map(|(selected, _)| selected)
+    }
+
+    /// The selection and, for `auto`, why a GPU that is there was not taken (one line).
+    pub fn select_explained(self) -> Result<(Selected, Option<String>), BackendError> {
         match self {
-            Self::Cuda => probe_cuda().map_err(BackendError::CudaUnavailable),
-            Self::Wgpu => probe_wgpu().ok_or(BackendError::WgpuUnavailable),
-            Self::Cpu => Ok(Selected::Cpu),
-            Self::Auto => Ok(probe_cuda()
-                .ok()
-                .or_else(|| {
-                    probe_wgpu().filter(|w| !matches!(w, Selected::Wgpu { software: true, .. }))
-                })
-                .unwrap_or(Selected::Cpu)),
+            Self::Cuda => match probe_cuda() {
+                Ok(cuda) => Ok((cuda, None)),
+                Err(CudaProbe::NoDevice(reason)) => Err(BackendError::CudaUnavailable(reason)),
+                Err(CudaProbe::NotReady { gpu, reason }) => {
+                    Err(BackendError::CudaNotReady { gpu, reason })
+                }
+            },
+            Self::Wgpu => Ok((probe_wgpu().ok_or(BackendError::WgpuUnavailable)?, None)),
+            Self::Cpu => Ok((Selected::Cpu, None)),
+            Self::Auto => {
+                let (cuda, why_not) = match probe_cuda() {
+                    Ok(cuda) => (Some(cuda), None),
+                    Err(CudaProbe::NoDevice(_)) => (None, None),
+                    Err(CudaProbe::NotReady { gpu, reason }) => (
+                        None,
+                        Some(format!("CUDA not used: {gpu} is there, but {reason}")),
+                    ),
+                };
+                let selected = cuda
+                    .or_else(|| {
+                        probe_wgpu().filter(|w| !matches!(w, Selected::Wgpu { software: true, .. }))
+                    })
+                    .unwrap_or(Selected::Cpu);
+                Ok((selected, why_not))
+            }
         }
     }
 }
 
-fn probe_cuda() -> Result<Selected, String> {
+/// Why CUDA cannot be used: no GPU at all, or a GPU without what burn-cuda needs.
+enum CudaProbe {
+    NoDevice(String),
+    NotReady { gpu: String, reason: String },
+}
+
+fn probe_cuda() -> Result<Selected, CudaProbe> {
     // SAFETY: only asks the dynamic loader whether libcuda can be opened.
     if !quietly_catch(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false) {
-        return Err("libcuda was not found".into());
+        return Err(CudaProbe::NoDevice("libcuda was not found".into()));
     }
     let name = quietly_catch(|| {
         cudarc::driver::CudaContext::new(0)
             .and_then(|ctx| ctx.name())
             .map_err(|e| e.to_string())
-    })??;
+    })
+    .and_then(|r| r)
+    .map_err(CudaProbe::NoDevice)?;
+    cuda_toolkit::check().map_err(|reason| CudaProbe::NotReady {
+        gpu: format!("CUDA device 0 ({name})"),
+        reason,
+    })?;
     Ok(Selected::Cuda { ordinal: 0, name })
 }
 
@@ -135,7 +173,10 @@ pub fn detect_devices() -> Vec<String> {
     let mut found = Vec::new();
     match probe_cuda() {
         Ok(cuda) => found.push(cuda.to_string()),
-        Err(reason) => found.push(format!("cuda: none ({reason})")),
+        Err(CudaProbe::NoDevice(reason)) => found.push(format!("cuda: none ({reason})")),
+        Err(CudaProbe::NotReady { gpu, reason }) => {
+            found.push(format!("cuda: {gpu}, not usable: {reason}"))
+        }
     }
     match probe_wgpu() {
         Some(wgpu) => found.push(wgpu.to_string()),

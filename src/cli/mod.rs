@@ -89,6 +89,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
 fn open_session(choice: BackendChoice) -> anyhow::Result<Session> {
     let session = Session::open(choice)?;
     eprintln!("kdlab: backend {}", session.backend());
+    if let Some(why) = session.fallback() {
+        eprintln!("kdlab: {why}");
+    }
     Ok(session)
 }
 

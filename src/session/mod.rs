@@ -4,6 +4,7 @@
 //! (`distill::train`, `eval::evaluate`, `inspect::inspect`, `bench::bench`), so a behaviour is
 //! written once.
 
+pub mod device_threads;
 pub mod error;
 pub mod models;
 pub mod run_dir;
@@ -20,16 +21,35 @@ use crate::guard::quietly_catch;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     backend: Selected,
+    /// Why `auto` did not take a GPU that is there (CUDA without NVRTC or headers).
+    fallback: Option<String>,
 }
 
 impl Session {
     /// Resolves `--backend` (or the app's picker); an unavailable backend is an error naming it.
     pub fn open(choice: BackendChoice) -> Result<Self, EngineError> {
-        Ok(Self::on(choice.select()?))
+        let (backend, fallback) = choice.select_explained()?;
+        Ok(Self { backend, fallback })
     }
 
     pub fn on(backend: Selected) -> Self {
-        Self { backend }
+        Self {
+            backend,
+            fallback: None,
+        }
+    }
+
+    /// The backend, and why `auto` passed over a GPU if it did (the app's one line).
+    pub fn describe(&self) -> String {
+        match &self.fallback {
+            Some(why) => format!("{} ({why})", self.backend),
+            None => self.backend.to_string(),
+        }
+    }
+
+    /// One line for the user when `auto` passed over a GPU, saying why.
+    pub fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
     }
 
     pub fn backend(&self) -> &Selected {

@@ -8,6 +8,7 @@ use crossbeam_channel::Receiver;
 
 use crate::backend::BackendChoice;
 use crate::eval::{EvalEvent, EvalRequest, EvalResult, evaluate};
+use crate::session::device_threads::{Lane, run_on};
 use crate::session::{EngineError, Session};
 
 #[derive(Debug, Clone)]
@@ -33,13 +34,13 @@ impl EvalJob {
         let (sender, messages) = crossbeam_channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
-        std::thread::spawn(move || {
+        run_on(Lane::Evaluate, move || {
             let send = |m: EvalMessage| {
                 let _ = sender.send(m);
                 wake();
             };
             let result = Session::open(backend).and_then(|session| {
-                send(EvalMessage::Backend(session.backend().to_string()));
+                send(EvalMessage::Backend(session.describe()));
                 evaluate(&session, &request, &stop_flag, &mut |event| {
                     send(EvalMessage::Event(event))
                 })

@@ -1,4 +1,4 @@
-//! Inspection on a background thread: the same `inspect::inspect` the engine offers, for one
+//! Inspection on the app's inspection thread (`device_threads`): the same `inspect::inspect` the engine offers, for one
 //! image and checkpoint at a time.
 
 use crossbeam_channel::Receiver;
@@ -6,6 +6,7 @@ use crossbeam_channel::Receiver;
 use crate::backend::BackendChoice;
 use crate::inspect::{InspectRequest, Inspected, inspect};
 use crate::session::Session;
+use crate::session::device_threads::{Lane, run_on};
 
 pub fn spawn(
     request: InspectRequest,
@@ -13,7 +14,7 @@ pub fn spawn(
     wake: impl Fn() + Send + 'static,
 ) -> Receiver<Result<Inspected, String>> {
     let (sender, receiver) = crossbeam_channel::bounded(1);
-    std::thread::spawn(move || {
+    run_on(Lane::Inspect, move || {
         let result = Session::open(backend)
             .and_then(|session| inspect(&session, &request))
             .map_err(|e| e.to_string());

@@ -1,13 +1,12 @@
-//! A training run on a background thread: the same `distill::train` as `kdlab train`, its
+//! A training run on the app's training thread (`device_threads`): the same `distill::train` as `kdlab train`, its
 //! events sent through a channel that the Run panel drains each frame (woken by `wake`).
-
-use std::thread::JoinHandle;
 
 use crossbeam_channel::Receiver;
 
 use crate::backend::BackendChoice;
 use crate::distill::{Event, Outcome, TrainControl, TrainRequest, train};
 use crate::session::Session;
+use crate::session::device_threads::{JobHandle, Lane, run_on};
 
 /// What the worker tells the UI.
 #[derive(Debug, Clone)]
@@ -20,7 +19,7 @@ pub enum JobMessage {
 pub struct TrainingJob {
     messages: Receiver<JobMessage>,
     control: TrainControl,
-    thread: Option<JoinHandle<()>>,
+    job: JobHandle,
 }
 
 impl TrainingJob {
@@ -32,27 +31,24 @@ impl TrainingJob {
     ) -> Self {
         let (sender, messages) = crossbeam_channel::unbounded();
         let control = request.control.clone();
-        let thread = std::thread::Builder::new()
-            .name("kdlab-train".into())
-            .spawn(move || {
-                let send = |m: JobMessage| {
-                    let _ = sender.send(m);
-                    wake();
-                };
-                let result = Session::open(backend).and_then(|session| {
-                    send(JobMessage::Backend(session.backend().to_string()));
-                    train(&session, &request, &mut |event| {
-                        send(JobMessage::Event(event))
-                    })
-                });
-                let finished = result.map(|f| f.outcome).map_err(|e| e.to_string());
-                send(JobMessage::Finished(finished));
-            })
-            .ok();
+        let job = run_on(Lane::Train, move || {
+            let send = |m: JobMessage| {
+                let _ = sender.send(m);
+                wake();
+            };
+            let result = Session::open(backend).and_then(|session| {
+                send(JobMessage::Backend(session.describe()));
+                train(&session, &request, &mut |event| {
+                    send(JobMessage::Event(event))
+                })
+            });
+            let finished = result.map(|f| f.outcome).map_err(|e| e.to_string());
+            send(JobMessage::Finished(finished));
+        });
         Self {
             messages,
             control,
-            thread,
+            job,
         }
     }
 
@@ -75,15 +71,13 @@ impl TrainingJob {
     }
 
     pub fn is_running(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+        !self.job.is_finished()
     }
 
     /// Stops the run with a checkpoint and waits for it (closing the window).
     pub fn stop_and_wait(&mut self) {
         self.request_stop();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.job.wait();
     }
 }
 

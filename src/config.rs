@@ -218,8 +218,9 @@ impl OptimConfig {
     }
 }
 
-/// What computes in reduced precision. burn 0.21 has no autocast and no f32 master weights, so
-/// the student always trains in f32; `bf16`/`f16` run the frozen teacher's forward in that type.
+/// What both models compute their matrix products in (`model::Autocast`, PyTorch's autocast
+/// rule); the student's weights stay f32 (master weights) in every precision, and `f16` adds
+/// dynamic loss scaling (`optim::GradScaler`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {

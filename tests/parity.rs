@@ -117,15 +117,7 @@ fn cpu_matches_pytorch_goldens() {
 
 #[test]
 fn wgpu_matches_pytorch_goldens_when_an_adapter_exists() {
-    if kdlab::backend::BackendChoice::Wgpu.select().is_err() {
-        assert!(
-            std::env::var("KDLAB_REQUIRE_WGPU").is_err(),
-            "KDLAB_REQUIRE_WGPU is set but no WGPU adapter was found"
-        );
-        common::skip(
-            "wgpu_matches_pytorch_goldens_when_an_adapter_exists",
-            "no WGPU adapter (Vulkan, Metal or DX12) here; on Linux install mesa-vulkan-drivers",
-        );
+    if !common::wgpu_available("wgpu_matches_pytorch_goldens_when_an_adapter_exists") {
         return;
     }
     all_parity_checks::<Wgpu>(&WgpuDevice::DefaultDevice, 1e-3, 1e-4);

@@ -6,7 +6,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use burn::backend::Flex;
 use common::*;
+use kdlab::distill::checkpoint::load_training_state;
+use kdlab::optim::GradScaler;
 
 fn student_weights(run: &Path) -> Vec<(String, Vec<usize>, Vec<u8>, safetensors::Dtype)> {
     raw_tensors(&run.join("checkpoints/last.safetensors"))
@@ -50,18 +53,44 @@ fn straight_and_resumed(dir: &Path, config: &Path, stop: &str, end: &str) -> (Pa
     (run_dirs(&straight)[0].clone(), run)
 }
 
-/// N steps + resume + M steps = N + M steps: same weights, optimiser state and metrics.
+/// N steps + resume + M steps = N + M steps: same weights, optimiser state and metrics, in
+/// every precision (f16's loss scale travels in the checkpoint).
 #[test]
 fn resume_continues_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = tiny_config(dir.path(), &assets(), "");
-    // Stops mid-epoch (3 steps per epoch).
-    let (reference, run) = straight_and_resumed(dir.path(), &config, "4", "8");
-    assert_eq!(metrics(&run), metrics(&reference));
-    assert!(
-        student_weights(&run) == student_weights(&reference),
-        "weights and moments equal"
-    );
+    for precision in ["f32", "bf16", "f16"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = tiny_config(dir.path(), &assets(), &format!("precision: {precision},"));
+        // Stops mid-epoch (3 steps per epoch).
+        let (reference, run) = straight_and_resumed(dir.path(), &config, "4", "8");
+        assert_eq!(metrics(&run), metrics(&reference), "{precision}");
+        assert!(
+            student_weights(&run) == student_weights(&reference),
+            "{precision}: weights and moments equal"
+        );
+        let [resumed, straight] = [&run, &reference].map(|r| {
+            let last = kdlab::session::RunDir::at(r).last_checkpoint();
+            load_training_state::<Flex>(&last, &Default::default())
+                .unwrap()
+                .0
+        });
+        assert_eq!(resumed, straight, "{precision}: the training state");
+        // f16: the scale halved once per overflow the log reports, and the finite steps since
+        // the last one counted — across the resume too.
+        let log = std::fs::read_to_string(reference.join("log.txt")).unwrap();
+        let overflow_steps: Vec<usize> = log
+            .lines()
+            .filter(|l| l.contains("gradients overflowed"))
+            .filter_map(|l| l.split("step ").nth(1)?.split(':').next()?.parse().ok())
+            .collect();
+        let expected = (precision == "f16").then(|| GradScaler {
+            scale: 65536.0 * 0.5f64.powi(overflow_steps.len() as i32),
+            growth_tracker: (8 - overflow_steps.last().copied().unwrap_or(0)) as u32,
+        });
+        assert_eq!(
+            straight.grad_scaler, expected,
+            "{precision}: the loss scaler"
+        );
+    }
 }
 
 #[test]
@@ -454,12 +483,7 @@ fn bench_reports_every_measurement_as_one_json_line() {
 #[test]
 fn a_resumed_run_logs_the_same_metrics_as_one_that_never_stopped() {
     let dir = tempfile::tempdir().unwrap();
-    let demo = std::fs::read_to_string(demo_config()).unwrap();
-    let demo = replace_once(
-        &demo,
-        "train: \"../assets\"",
-        &format!("train: {:?}", assets()),
-    );
+    let demo = demo_config_text();
     let config = dir.path().join("demo.ron");
     std::fs::write(&config, demo).unwrap();
     let (reference, run) = straight_and_resumed(dir.path(), &config, "12", "24");

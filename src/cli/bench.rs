@@ -22,8 +22,8 @@ pub struct BenchArgs {
     steps: usize,
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// f32, or bf16/f16 for the teacher's forward (see the README on precision); default: the
-    /// config's, else bf16 on CUDA and f32 elsewhere.
+    /// f32, bf16 or f16: both models' compute type, f32 master weights (README, "What
+    /// `precision` does"); default: the config's, else bf16 on CUDA and f32 elsewhere.
     #[arg(long, value_parser = parse_precision)]
     precision: Option<Precision>,
     /// Folder for the data-pipeline measurement (default: the config's training images, else

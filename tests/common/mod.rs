@@ -287,3 +287,30 @@ pub fn skip(test: &str, reason: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "\n*** SKIPPED {test}: {reason} ***\n");
 }
+
+/// Whether a WGPU adapter exists; without one the test is skipped loudly, unless
+/// `KDLAB_REQUIRE_WGPU` is set (CI installs lavapipe), which makes its absence a failure.
+pub fn wgpu_available(test: &str) -> bool {
+    if kdlab::backend::BackendChoice::Wgpu.select().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var("KDLAB_REQUIRE_WGPU").is_err(),
+        "KDLAB_REQUIRE_WGPU is set but no WGPU adapter was found"
+    );
+    skip(
+        test,
+        "no WGPU adapter (Vulkan, Metal or DX12) here; on Linux install mesa-vulkan-drivers",
+    );
+    false
+}
+
+/// `configs/demo.ron` with its training folder made absolute, to be written anywhere.
+pub fn demo_config_text() -> String {
+    let demo = std::fs::read_to_string(demo_config()).unwrap();
+    replace_once(
+        &demo,
+        "train: \"../assets\"",
+        &format!("train: {:?}", assets()),
+    )
+}

@@ -239,6 +239,12 @@ impl Precision {
         }
     }
 
+    /// Whether training needs dynamic loss scaling (f16's range is too narrow for small
+    /// gradients; bf16 has f32's).
+    pub fn scales_loss(self) -> bool {
+        self == Self::F16
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "f32",

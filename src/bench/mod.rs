@@ -139,7 +139,7 @@ fn bench_on<B: AutodiffBackend>(
     let mut optimizer = StudentOptimizer::<B::InnerBackend>::new(
         config.optim.adamw(),
         config.optim.clip_grad_norm,
-        config.precision == Precision::F16,
+        config.precision.scales_loss(),
     );
     let lr = config.optim.peak_lr();
     let per_second = |seconds: f64| (settings.batch * settings.steps) as f64 / seconds;

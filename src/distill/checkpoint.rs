@@ -40,7 +40,7 @@ pub struct TrainState {
     /// one that never stopped (absent in checkpoints of kdlab before 0.1.1: an empty window).
     #[serde(default)]
     pub loss_window: LossWindowState,
-    /// f16's loss scale (absent before kdlab 0.2 and in other precisions).
+    /// f16's loss scale (absent in other precisions and in checkpoints written before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_scaler: Option<GradScaler>,
 }

@@ -22,7 +22,7 @@ use super::events::{Event, NonFiniteLoss, Outcome};
 use super::probe::ProbeSet;
 use super::validation::validation_loss;
 use super::{RunPlan, TrainControl};
-use crate::config::{Precision, RunConfig};
+use crate::config::RunConfig;
 use crate::data::loader::{BatchStream, LoaderSettings, Transform, epoch_order, spawn_epoch};
 use crate::data::train_transform;
 use crate::inspect::Provenance;
@@ -124,7 +124,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let mut optimizer = StudentOptimizer::new(
             config.optim.adamw(),
             config.optim.clip_grad_norm,
-            config.precision == Precision::F16,
+            config.precision.scales_loss(),
         );
         let state = if plan.resume {
             restore(run, &mut optimizer, &mut recorder, device)?

@@ -39,10 +39,6 @@ impl Autocast {
         Self { compute }
     }
 
-    pub fn compute_dtype(self) -> DType {
-        self.compute
-    }
-
     /// Whether anything is computed in a half type.
     pub fn is_on(self) -> bool {
         self.compute != DType::F32

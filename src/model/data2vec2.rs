@@ -196,10 +196,6 @@ impl<B: Backend> Data2Vec2<B> {
         self
     }
 
-    pub fn autocast(&self) -> Autocast {
-        self.autocast
-    }
-
     /// Keeps the prenet and only the given main blocks, in order.
     pub fn select_main_blocks(mut self, keep: &[usize]) -> Self {
         let mut blocks: Vec<Option<AltBlock<B>>> = self.blocks.into_iter().map(Some).collect();

@@ -71,7 +71,7 @@ impl Session {
     }
 
     /// bf16/f16 on the CPU backend are computed in software and skip the fused CPU kernels
-    /// (`crate::kernels`, f32 only): the teacher's forward measured 2× slower than in f32.
+    /// (`crate::kernels`, f32 only): the demo's training steps measured 2.4–2.7× slower than f32.
     pub fn precision_warning(&self, precision: Precision) -> Option<String> {
         (precision != Precision::F32 && self.backend == Selected::Cpu).then(|| {
             format!(

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use kdlab::data::loader::{LoaderSettings, Transform, epoch_order, spawn_epoch};
+use kdlab::data::loader::{LoaderSettings, Part, Transform, epoch_order, spawn_epoch};
 use kdlab::data::{ImageFolder, train_transform};
 
 fn main() {
@@ -26,6 +26,7 @@ fn main() {
             prefetch_batches: 4,
             drop_last: true,
             seed: 0,
+            part: Part::WHOLE,
         };
         let mut best = f64::MAX;
         let mut images = 0;

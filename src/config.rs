@@ -32,6 +32,8 @@ pub struct RunConfig {
     pub val_every: Option<usize>,
     /// The images whose per-patch maps are saved after every epoch (the app's timeline).
     pub probe: ProbeConfig,
+    /// Data-parallel training over devices and machines (`--devices`, `--nodes`, …).
+    pub parallel: ParallelConfig,
 }
 
 impl Default for RunConfig {
@@ -47,8 +49,175 @@ impl Default for RunConfig {
             log_every: 10,
             val_every: None,
             probe: ProbeConfig::default(),
+            parallel: ParallelConfig::default(),
         }
     }
+}
+
+/// Data-parallel training: a replica of both models on every device of every node, each taking
+/// a disjoint shard of every batch; `optim.batch_size` stays the batch over all of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ParallelConfig {
+    /// The devices of the backend on this node: a count (`2`: the first two) or ordinals
+    /// (`[0, 2, 3]`). The CPU backend has one device; a count there is that many workers on it.
+    pub devices: Devices,
+    /// Machines in the run, each with the same number of devices.
+    pub nodes: usize,
+    /// This machine's place among them, 0-based; node 0 hosts the coordinator and writes the run.
+    pub node_rank: usize,
+    /// `HOST:PORT` of node 0's coordinator (needed with `nodes` > 1). Node R also serves its
+    /// gradients on PORT + 1 + R.
+    pub coordinator: Option<String>,
+    /// A device that waits this long in one gradient exchange stops the run (a peer that hangs
+    /// or a node that disappeared); PyTorch's NCCL default is 10 minutes too.
+    pub timeout_s: u64,
+}
+
+impl Default for ParallelConfig {
+    fn default() -> Self {
+        Self {
+            devices: Devices::Count(1),
+            nodes: 1,
+            node_rank: 0,
+            coordinator: None,
+            timeout_s: 600,
+        }
+    }
+}
+
+/// Which devices of the backend a node trains on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Devices {
+    /// The first N (on the CPU: N workers).
+    Count(usize),
+    /// These ordinals.
+    List(Vec<usize>),
+}
+
+impl Devices {
+    /// Parses `--devices`: `N` or a comma-separated list of ordinals (`0,2,3`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = |part: &str| {
+            format!(
+                "`{part}` is not a device count or ordinal: give N (the first N devices) or a list such as 0,2,3"
+            )
+        };
+        if !text.contains(',') {
+            let n = text.trim();
+            return n.parse().map(Self::Count).map_err(|_| bad(n));
+        }
+        text.split(',')
+            .map(|p| p.trim().parse().map_err(|_| bad(p.trim())))
+            .collect::<Result<Vec<usize>, _>>()
+            .map(Self::List)
+    }
+
+    /// The ordinals, in order.
+    pub fn ordinals(&self) -> Vec<usize> {
+        match self {
+            Self::Count(n) => (0..*n).collect(),
+            Self::List(list) => list.clone(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Count(n) => *n,
+            Self::List(list) => list.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl ParallelConfig {
+    /// Devices over all nodes: each takes `batch_size / world_size` images of every batch.
+    pub fn world_size(&self) -> usize {
+        self.nodes * self.devices.len()
+    }
+
+    fn problems(&self, batch_size: usize, found: &mut Problems) {
+        match &self.devices {
+            Devices::Count(n) => found.in_range("parallel.devices", *n, limits::DEVICES),
+            Devices::List(list) => {
+                if list.is_empty() || list.len() > *limits::DEVICES.end() {
+                    found.push(
+                        "parallel.devices",
+                        format!(
+                            "a list needs 1 to {} ordinals, has {}",
+                            limits::DEVICES.end(),
+                            list.len()
+                        ),
+                    );
+                }
+                let mut seen = list.clone();
+                seen.sort_unstable();
+                seen.dedup();
+                if seen.len() != list.len() {
+                    found.push(
+                        "parallel.devices",
+                        format!("{list:?} names a device twice; each device holds one replica"),
+                    );
+                }
+            }
+        }
+        found.in_range("parallel.nodes", self.nodes, limits::NODES);
+        if self.node_rank >= self.nodes.max(1) {
+            found.push(
+                "parallel.node_rank",
+                format!(
+                    "must be below parallel.nodes ({}), is {}",
+                    self.nodes, self.node_rank
+                ),
+            );
+        }
+        match &self.coordinator {
+            None if self.nodes > 1 => found.push(
+                "parallel.coordinator",
+                format!(
+                    "{} nodes need the HOST:PORT of node 0's coordinator (--coordinator)",
+                    self.nodes
+                ),
+            ),
+            Some(address) => {
+                if let Err(why) = coordinator_port(address) {
+                    found.push("parallel.coordinator", why);
+                }
+            }
+            None => {}
+        }
+        found.in_range("parallel.timeout_s", self.timeout_s, 1..=86_400);
+        let world = self.world_size();
+        if world > 1 && batch_size > 0 && !batch_size.is_multiple_of(world) {
+            found.push(
+                "optim.batch_size",
+                format!(
+                    "{batch_size} images do not split evenly over {world} devices ({} node(s) × {}); \
+                     make it a multiple of {world} (the batch is over all devices)",
+                    self.nodes,
+                    self.devices.len()
+                ),
+            );
+        }
+    }
+}
+
+/// The port of a `HOST:PORT` coordinator address, or why it is not one.
+pub fn coordinator_port(address: &str) -> Result<u16, String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{address}` is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{address}`: `{port}` is not a port number"))?;
+    if host.is_empty() || port == 0 || port == u16::MAX {
+        return Err(format!("`{address}` needs a host and a port in 1..=65534"));
+    }
+    Ok(port)
 }
 
 /// A fixed set of images followed through training: after each epoch their per-patch maps are
@@ -268,6 +437,8 @@ pub mod limits {
     pub const PREFETCH_BATCHES: RangeInclusive<usize> = 1..=1_024;
     pub const PROBE_COUNT: RangeInclusive<usize> = 0..=256;
     pub const MAX_IMAGE_PIXELS: RangeInclusive<u64> = 1..=1 << 40;
+    pub const DEVICES: RangeInclusive<usize> = 1..=64;
+    pub const NODES: RangeInclusive<usize> = 1..=1_024;
 }
 
 /// One broken rule: the field's path in the config (`optim.batch_size`) and what is wrong.
@@ -477,6 +648,7 @@ impl RunConfig {
             found.in_range("val_every", n, limits::STEPS);
         }
         found.in_range("probe.count", self.probe.count, limits::PROBE_COUNT);
+        self.parallel.problems(self.optim.batch_size, &mut found);
         found.0
     }
 
@@ -641,6 +813,43 @@ mod tests {
     #[test]
     fn empty_config_is_all_defaults() {
         assert_eq!(load_str("()").unwrap(), RunConfig::default());
+    }
+
+    #[test]
+    fn parallel_devices_are_a_count_or_ordinals_and_must_share_the_batch() {
+        let two = load_str("(parallel: (devices: 2))").unwrap();
+        assert_eq!(two.parallel.devices, Devices::Count(2));
+        let listed = load_str("(parallel: (devices: [0, 2, 3]), optim: (batch_size: 6))").unwrap();
+        assert_eq!(listed.parallel.devices, Devices::List(vec![0, 2, 3]));
+        assert_eq!(load_str(&listed.to_ron().unwrap()).unwrap(), listed);
+        assert_eq!(Devices::parse("0, 2,3"), Ok(Devices::List(vec![0, 2, 3])));
+        assert_eq!(Devices::parse("4"), Ok(Devices::Count(4)));
+        assert!(Devices::parse("two").unwrap_err().contains("`two`"));
+
+        let fields = |text: &str| -> Vec<String> {
+            let e = load_str(text).unwrap_err();
+            e.problems().iter().map(|p| p.field.clone()).collect()
+        };
+        let e = load_str("(optim: (batch_size: 6), parallel: (devices: 4))").unwrap_err();
+        assert!(e.to_string().contains("make it a multiple of 4"), "{e}");
+        assert_eq!(fields("(parallel: (nodes: 2))"), ["parallel.coordinator"]);
+        assert_eq!(
+            fields("(parallel: (nodes: 2, node_rank: 2, coordinator: Some(\"h:29500\")))"),
+            ["parallel.node_rank"]
+        );
+        assert_eq!(
+            fields("(parallel: (nodes: 2, coordinator: Some(\"29500\")))"),
+            ["parallel.coordinator"]
+        );
+        assert_eq!(
+            fields("(parallel: (devices: [1, 1]))"),
+            ["parallel.devices"]
+        );
+        // 2 nodes × 3 devices: 256 does not split over 6.
+        assert_eq!(
+            fields("(parallel: (devices: 3, nodes: 2, coordinator: Some(\"h:1\")))"),
+            ["optim.batch_size"]
+        );
     }
 
     #[test]

@@ -63,6 +63,27 @@ pub struct LoaderSettings {
     pub prefetch_batches: usize,
     pub drop_last: bool,
     pub seed: u64,
+    /// The part of every batch this loader makes (a node's share of a data-parallel batch).
+    pub part: Part,
+}
+
+/// Part `index` of `count` equal, contiguous parts of a range: a node's or a device's shard of
+/// a batch. Parts of parts nest: part k of node r's part is part r·L + k of the whole when
+/// each node has L devices and the length divides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Part {
+    pub const WHOLE: Self = Self { index: 0, count: 1 };
+
+    pub fn of(self, range: std::ops::Range<usize>) -> std::ops::Range<usize> {
+        let len = range.end - range.start;
+        let count = self.count.max(1);
+        range.start + len * self.index / count..range.start + len * (self.index + 1) / count
+    }
 }
 
 impl LoaderSettings {
@@ -74,6 +95,7 @@ impl LoaderSettings {
             prefetch_batches: 2 * workers,
             drop_last: false,
             seed: 0,
+            part: Part::WHOLE,
         }
     }
 }
@@ -100,13 +122,15 @@ pub fn spawn_epoch(
         .map(|w| {
             let (tx, rx) = bounded::<Batch>(capacity);
             let (source, order, transform) = (source.clone(), order.clone(), transform.clone());
-            let (batch_size, seed) = (settings.batch_size, settings.seed);
+            let (batch_size, seed, part) = (settings.batch_size, settings.seed, settings.part);
             std::thread::spawn(move || {
                 for index in (first_batch..batches).skip(w).step_by(workers) {
                     let start = index * batch_size;
                     let end = (start + batch_size).min(order.len());
+                    // Positions stay global: a part's images are augmented as in the whole.
+                    let positions = part.of(start..end);
                     let batch =
-                        make_batch(&*source, &order, start..end, index, epoch, seed, &transform);
+                        make_batch(&*source, &order, positions, index, epoch, seed, &transform);
                     if tx.send(batch).is_err() {
                         return;
                     }

@@ -11,7 +11,7 @@ use burn::tensor::{ElementConversion, Tensor, TensorData};
 
 use crate::config::RunConfig;
 use crate::data::ImageFolder;
-use crate::data::loader::{LoaderSettings, Transform, epoch_order, spawn_epoch};
+use crate::data::loader::{LoaderSettings, Part, Transform, epoch_order, spawn_epoch};
 use crate::data::validation_transform;
 use crate::model::{BeitV2, Data2Vec2};
 use crate::session::teacher_target;
@@ -25,21 +25,63 @@ pub fn validation_loss<B: Backend>(
     folder: &Arc<ImageFolder>,
     size: usize,
 ) -> anyhow::Result<(f64, Vec<(PathBuf, String)>)> {
+    let (sum, skipped) = validation_sum(
+        config,
+        teacher,
+        student,
+        folder,
+        size,
+        Part::WHOLE,
+        config.optim.batch_size,
+    )?;
+    Ok((sum.mean(folder)?, skipped))
+}
+
+/// The KD loss summed over the images of a part of the folder (`loss × images` per batch).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LossSum {
+    pub total: f64,
+    pub images: usize,
+}
+
+impl LossSum {
+    /// The mean over the images, an error when none could be read.
+    pub fn mean(self, folder: &ImageFolder) -> anyhow::Result<f64> {
+        if self.images == 0 {
+            bail!("no readable validation image in {}", folder.root.display());
+        }
+        Ok(self.total / self.images as f64)
+    }
+}
+
+/// The validation loss of `part` of the folder's images (a device's shard in a data-parallel
+/// run), in batches of `batch_size`.
+pub fn validation_sum<B: Backend>(
+    config: &RunConfig,
+    teacher: &BeitV2<B>,
+    student: &Data2Vec2<B>,
+    folder: &Arc<ImageFolder>,
+    size: usize,
+    part: Part,
+    batch_size: usize,
+) -> anyhow::Result<(LossSum, Vec<(PathBuf, String)>)> {
     let device = student
         .devices()
         .into_iter()
         .next()
         .context("the student has no device")?;
     let order = epoch_order(folder.entries.len(), 1, config.seed, 0, false);
+    let order = order[part.of(0..order.len())].to_vec();
     let settings = LoaderSettings {
-        batch_size: config.optim.batch_size,
+        batch_size,
         workers: config.data.workers,
         prefetch_batches: config.data.prefetch_batches,
         drop_last: false,
         seed: config.seed,
+        part: Part::WHOLE,
     };
     let transform: Transform = Arc::new(move |img, _| validation_transform(img, size as u32));
-    let (mut total, mut count, mut skipped) = (0.0f64, 0usize, Vec::new());
+    let (mut sum, mut skipped) = (LossSum::default(), Vec::new());
     for batch in spawn_epoch(folder.clone(), order, 0, 0, &settings, transform) {
         skipped.extend(batch.skipped);
         if batch.len == 0 {
@@ -51,11 +93,8 @@ pub fn validation_loss<B: Backend>(
         );
         let target = teacher_target(teacher, images.clone());
         let prediction = prepare_target(&student.forward(images).layer_results);
-        total += kd_loss(prediction, target).into_scalar().elem::<f64>() * batch.len as f64;
-        count += batch.len;
+        sum.total += kd_loss(prediction, target).into_scalar().elem::<f64>() * batch.len as f64;
+        sum.images += batch.len;
     }
-    if count == 0 {
-        bail!("no readable validation image in {}", folder.root.display());
-    }
-    Ok((total / count as f64, skipped))
+    Ok((sum, skipped))
 }

@@ -235,8 +235,7 @@ impl RunDir {
                 .with_context(|| format!("cannot open {}", path.display()))
         };
         Ok(RunRecorder {
-            metrics: append(self.metrics_file())?,
-            log: append(self.log_file())?,
+            files: Some((append(self.metrics_file())?, append(self.log_file())?)),
         })
     }
 }
@@ -272,19 +271,28 @@ fn files_in(dir: &Path, extension: &str) -> Vec<PathBuf> {
 
 /// What a training run appends to its directory.
 pub struct RunRecorder {
-    metrics: File,
-    log: File,
+    /// (metrics.jsonl, log.txt); None on the nodes of a multi-node run that do not write it.
+    files: Option<(File, File)>,
 }
 
 impl RunRecorder {
+    /// Writes nothing: node R > 0 of a multi-node run, where node 0 writes the run.
+    pub fn discarding() -> Self {
+        Self { files: None }
+    }
+
     pub fn metrics(&mut self, line: &MetricsLine) -> anyhow::Result<()> {
-        writeln!(self.metrics, "{}", serde_json::to_string(line)?)?;
+        if let Some((metrics, _)) = &mut self.files {
+            writeln!(metrics, "{}", serde_json::to_string(line)?)?;
+        }
         Ok(())
     }
 
     pub fn log(&mut self, message: &str) {
         // The log is a convenience copy of what the terminal shows; never fail a run over it.
-        let _ = writeln!(self.log, "[{}] {message}", utc_timestamp());
+        if let Some((_, log)) = &mut self.files {
+            let _ = writeln!(log, "[{}] {message}", utc_timestamp());
+        }
     }
 }
 

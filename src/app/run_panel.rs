@@ -8,8 +8,8 @@ use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
 
 use super::training_job::{JobMessage, TrainingJob};
 use crate::backend::BackendChoice;
-use crate::config::RunConfig;
-use crate::distill::{Event, Outcome, RunStart, TrainControl, TrainRequest};
+use crate::config::{Devices, RunConfig};
+use crate::distill::{Event, Outcome, ParallelOverrides, RunStart, TrainControl, TrainRequest};
 use crate::session::RunDir;
 
 const LOG_LINES: usize = 500;
@@ -106,11 +106,15 @@ impl RunProgress {
                 start_step,
                 train_images,
                 val_images,
+                parallel,
             } => {
                 self.say(format!(
                     "run {} · {train_images} train / {val_images} val images · {steps_per_epoch} steps per epoch",
                     run_dir.display()
                 ));
+                if let Some((_, _, devices)) = parallel {
+                    self.say(format!("data-parallel over {devices} devices"));
+                }
                 self.run_dir = Some(run_dir);
                 self.total_steps = total_steps;
                 self.step = start_step;
@@ -180,6 +184,8 @@ pub struct RunSetup<'a> {
 pub struct RunPanel {
     job: Option<TrainingJob>,
     pub progress: RunProgress,
+    /// The device-count picker; None runs on the config's `parallel.devices`.
+    pub devices: Option<usize>,
 }
 
 impl RunPanel {
@@ -223,6 +229,10 @@ impl RunPanel {
             config: config.cloned(),
             max_steps: None,
             control: TrainControl::default(),
+            parallel: ParallelOverrides {
+                devices: self.devices.map(Devices::Count),
+                ..ParallelOverrides::default()
+            },
         };
         let ctx = ctx.clone();
         self.job = Some(TrainingJob::start(request, backend, move || {
@@ -261,6 +271,22 @@ impl RunPanel {
         } = *setup;
         let active = self.is_active();
         ui.horizontal(|ui| {
+            let mut devices = self
+                .devices
+                .unwrap_or_else(|| config.parallel.devices.len())
+                .max(1);
+            ui.label("devices");
+            let picker = egui::DragValue::new(&mut devices).range(1..=64);
+            if ui
+                .add_enabled(!active, picker)
+                .on_hover_text(
+                    "Data-parallel over the first N devices of the backend (on the CPU, N \
+                     workers); optim.batch_size stays the batch over all of them",
+                )
+                .changed()
+            {
+                self.devices = Some(devices);
+            }
             let can_start = !active && problem.is_none();
             if ui
                 .add_enabled(can_start, egui::Button::new("▶ Start"))

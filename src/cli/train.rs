@@ -7,8 +7,10 @@ use anyhow::bail;
 
 use super::Progress;
 use crate::backend::BackendChoice;
-use crate::config::RunConfig;
-use crate::distill::{Event, Outcome, RunStart, TrainControl, TrainRequest, train};
+use crate::config::{Devices, RunConfig};
+use crate::distill::{
+    Event, Outcome, ParallelOverrides, RunStart, TrainControl, TrainRequest, train,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
@@ -24,6 +26,19 @@ pub struct TrainArgs {
     /// Where new run directories go.
     #[arg(long, default_value = "runs")]
     runs_dir: PathBuf,
+    /// Data-parallel on this node's devices: N (the first N; on the CPU, N workers) or
+    /// ordinals such as 0,2,3. optim.batch_size stays the batch over all devices.
+    #[arg(long, value_parser = Devices::parse)]
+    devices: Option<Devices>,
+    /// Machines in the run (each with the same --devices).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// This machine's rank among --nodes, 0-based (node 0 coordinates and writes the run).
+    #[arg(long)]
+    node_rank: Option<usize>,
+    /// HOST:PORT of node 0's coordinator; node R also serves tensors on PORT + 1 + R.
+    #[arg(long)]
+    coordinator: Option<String>,
 }
 
 pub fn run(args: TrainArgs, backend: BackendChoice) -> anyhow::Result<ExitCode> {
@@ -44,10 +59,20 @@ pub fn run(args: TrainArgs, backend: BackendChoice) -> anyhow::Result<ExitCode> 
         config,
         max_steps: args.max_steps,
         control: TrainControl::with_stop(super::ctrl_c_flag()),
+        parallel: ParallelOverrides {
+            devices: args.devices,
+            nodes: args.nodes,
+            node_rank: args.node_rank,
+            coordinator: args.coordinator,
+        },
     };
     let progress = Progress::new("{spinner} step {pos}/{len} [{wide_bar}] {msg} ETA {eta}")?;
     let finished = train(&session, &request, &mut |event| show(&progress, event))?;
     drop(progress);
+    if let Some((rank, nodes)) = finished.node.filter(|&(rank, _)| rank > 0) {
+        eprintln!("kdlab: node {rank} of {nodes} done; node 0 wrote the run");
+        return Ok(ExitCode::SUCCESS);
+    }
     let message = match finished.outcome {
         Outcome::Completed => "finished",
         Outcome::ReachedMaxSteps => "stopped at --max-steps",
@@ -71,8 +96,19 @@ fn show(progress: &Progress, event: Event) {
             train_images,
             val_images,
             steps_per_epoch,
+            parallel,
         } => {
-            progress.say(format!("kdlab: run directory {}", run_dir.display()));
+            match parallel {
+                Some((rank, nodes, _)) if rank > 0 => progress.say(format!(
+                    "kdlab: node {rank} of {nodes}; node 0 writes the run directory"
+                )),
+                _ => progress.say(format!("kdlab: run directory {}", run_dir.display())),
+            }
+            if let Some((_, nodes, devices)) = parallel {
+                progress.say(format!(
+                    "kdlab: data-parallel over {devices} devices on {nodes} node(s)"
+                ));
+            }
             progress.say(format!(
                 "kdlab: {train_images} training and {val_images} validation images, \
                  {steps_per_epoch} steps per epoch"

@@ -14,6 +14,8 @@ pub enum Event {
         start_step: usize,
         train_images: usize,
         val_images: usize,
+        /// Data-parallel, where this process stands: `(node_rank, nodes, devices in all)`.
+        parallel: Option<(usize, usize, usize)>,
     },
     /// Something the user should know before it costs them (bf16 on the CPU).
     Warning(String),

@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod events;
+pub mod parallel;
 pub mod probe;
 mod trainer;
 pub mod validation;
@@ -17,9 +18,19 @@ pub use data::TrainingData;
 pub use events::{Event, NonFiniteLoss, Outcome};
 pub use trainer::{kd_backward, student_backward};
 
-use crate::config::{ConfigError, RunConfig};
+use crate::backend::Selected;
+use crate::config::{ConfigError, Devices, ParallelConfig, RunConfig};
 use crate::session::{EngineError, ModelPlan, RunDir, Session, on_backend};
+use parallel::World;
 use trainer::Trainer;
+
+/// Where a run computes: its devices on this node (the first is the trainer's own) and the
+/// world they belong to.
+pub(crate) struct Placement<'a, D> {
+    pub world: World,
+    pub selected: &'a Selected,
+    pub devices: &'a [D],
+}
 
 /// Where a run starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +86,35 @@ pub struct TrainRequest {
     /// Stop after this many optimiser steps in total (the schedule still spans the epochs).
     pub max_steps: Option<usize>,
     pub control: TrainControl,
+    /// `--devices`, `--nodes`, … over the config's `parallel` (a resumed run may change them:
+    /// checkpoints do not depend on the device count).
+    pub parallel: ParallelOverrides,
+}
+
+/// The command line's (or the app's) say over `parallel`; None keeps the config's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ParallelOverrides {
+    pub devices: Option<Devices>,
+    pub nodes: Option<usize>,
+    pub node_rank: Option<usize>,
+    pub coordinator: Option<String>,
+}
+
+impl ParallelOverrides {
+    pub fn apply(&self, parallel: &mut ParallelConfig) {
+        if let Some(devices) = &self.devices {
+            parallel.devices = devices.clone();
+        }
+        if let Some(nodes) = self.nodes {
+            parallel.nodes = nodes;
+        }
+        if let Some(rank) = self.node_rank {
+            parallel.node_rank = rank;
+        }
+        if let Some(coordinator) = &self.coordinator {
+            parallel.coordinator = Some(coordinator.clone());
+        }
+    }
 }
 
 /// How a run ended, and where it is.
@@ -82,6 +122,8 @@ pub struct TrainRequest {
 pub struct Finished {
     pub outcome: Outcome,
     pub run: RunDir,
+    /// `(node_rank, nodes)` of a multi-node run; node R > 0 wrote nothing into `run`.
+    pub node: Option<(usize, usize)>,
 }
 
 /// A run with everything checked: what `Trainer` starts from.
@@ -109,7 +151,7 @@ pub fn train(
         RunStart::Resume { run_dir } => Destination::Existing(RunDir::resumable(run_dir)?),
         RunStart::Fresh { runs_dir } => Destination::New { runs_dir },
     };
-    let config = match (&request.config, &destination) {
+    let mut config = match (&request.config, &destination) {
         (Some(config), _) => config.clone(),
         (None, Destination::Existing(run)) => run.read_config()?,
         (None, Destination::New { .. }) => {
@@ -118,6 +160,7 @@ pub fn train(
             )));
         }
     };
+    request.parallel.apply(&mut config.parallel);
     // The config's own rules first: opening files and listing folders for a broken config is
     // wasted work.
     config.validate()?;
@@ -140,18 +183,31 @@ pub fn train(
     if let Some(warning) = session.precision_warning(plan.config.precision) {
         on_event(Event::Warning(warning));
     }
-    // Only now, with nothing left to refuse, does a new run directory appear.
+    let world = World::of(&plan.config.parallel);
+    // Only now, with nothing left to refuse, does a new run directory appear — on node 0: the
+    // other nodes of a multi-node run write nothing (node 0 names the run and writes it).
     let run = match destination {
         Destination::Existing(run) => run,
-        Destination::New { runs_dir } => RunDir::create(runs_dir, &plan.config.name, &plan.config)?,
+        Destination::New { runs_dir } if world.writes_run() => {
+            RunDir::create(runs_dir, &plan.config.name, &plan.config)?
+        }
+        Destination::New { runs_dir } => RunDir::at(runs_dir),
     };
     let batch_size = plan.config.optim.batch_size;
     let outcome = on_backend!(session, Some(batch_size), |B, device| {
-        let (trainer, student) =
-            Trainer::<B>::new(&plan, &run, &request.control, on_event, &device)?;
+        let devices = parallel::peer_devices::<B>(session.backend(), &device, &world)?;
+        let place = Placement {
+            world: world.clone(),
+            selected: session.backend(),
+            devices: &devices,
+        };
+        let (trainer, student) = Trainer::<B>::new(&plan, &run, &request.control, on_event, place)?;
         trainer.run(student)
     })?;
-    Ok(Finished { outcome, run })
+    let node = world
+        .is_multi_node()
+        .then_some((world.node_rank, world.nodes));
+    Ok(Finished { outcome, run, node })
 }
 
 /// Both results, or one error holding every problem of the two.

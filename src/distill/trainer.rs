@@ -4,6 +4,11 @@
 //! Per batch: hold while paused, forward/backward (`accumulate`), and every
 //! `grad_accum_steps` batches an optimiser `step`, then `log_if_due`, `validate_if_due` and
 //! the stop checks. Per epoch: validate, heatmaps, checkpoint (`end_epoch`).
+//!
+//! Data-parallel (`parallel`), the loop is the same on every node: it loads the node's part of
+//! each batch, `Peers` spreads it over the node's devices and exchanges the gradients, and the
+//! numbers every decision rests on (losses, the stop) are the run's, summed over all devices,
+//! so all nodes decide alike. Node 0 alone writes the run.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -19,11 +24,12 @@ use burn::tensor::{ElementConversion, Tensor, TensorData};
 use super::checkpoint::{self, LossWindowState, TrainState};
 use super::data::TrainingData;
 use super::events::{Event, NonFiniteLoss, Outcome};
+use super::parallel::{Origin, Peers};
 use super::probe::ProbeSet;
 use super::validation::validation_loss;
-use super::{RunPlan, TrainControl};
+use super::{Placement, RunPlan, TrainControl};
 use crate::config::RunConfig;
-use crate::data::loader::{BatchStream, LoaderSettings, Transform, epoch_order, spawn_epoch};
+use crate::data::loader::{BatchStream, LoaderSettings, Part, Transform, epoch_order, spawn_epoch};
 use crate::data::train_transform;
 use crate::inspect::Provenance;
 use crate::model::{BeitV2, Data2Vec2};
@@ -105,6 +111,14 @@ pub(super) struct Trainer<'a, B: AutodiffBackend> {
     last_lr: f64,
     /// Unreadable files are reported once, however often the epochs meet them.
     reported: HashSet<PathBuf>,
+    /// The other devices and nodes of a data-parallel run.
+    peers: Option<Peers<B>>,
+    /// Whether this node writes the run (node 0).
+    writes: bool,
+    /// Nodes in the run: each loads an equal part of every batch.
+    nodes: usize,
+    /// A stop all trainers agreed on at the last exchange (Ctrl-C on any node).
+    stop_agreed: bool,
 }
 
 impl<'a, B: AutodiffBackend> Trainer<'a, B> {
@@ -115,12 +129,18 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         run: &'a RunDir,
         control: &'a TrainControl,
         on_event: &'a mut dyn FnMut(Event),
-        device: &B::Device,
+        place: Placement<'_, B::Device>,
     ) -> anyhow::Result<(Self, Data2Vec2<B>)> {
         let config = &plan.config;
+        let device = &place.devices[0];
         let Models { teacher, student } = plan.models.build::<B>(device)?;
         let (size, grid) = plan.models.geometry();
-        let mut recorder = run.recorder()?;
+        let writes = place.world.writes_run();
+        let mut recorder = if writes {
+            run.recorder()?
+        } else {
+            RunRecorder::discarding()
+        };
         let mut optimizer = StudentOptimizer::new(
             config.optim.adamw(),
             config.optim.clip_grad_norm,
@@ -160,13 +180,38 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             last_lr: 0.0,
             reported: HashSet::new(),
             teacher,
+            peers: None,
+            writes,
+            nodes: place.world.nodes,
+            stop_agreed: false,
         };
+        if place.world.is_parallel() {
+            let origin = Origin {
+                teacher: &trainer.teacher,
+                student: &student,
+                optimizer: &trainer.optimizer,
+                config: Arc::new(config.clone()),
+                val: plan.data.val.clone(),
+                size,
+            };
+            let peers = Peers::start(place.world, place.selected, place.devices, origin)?;
+            trainer.recorder.log(&format!(
+                "data-parallel over {} device(s) in all: {} on this node (node {} of {})",
+                peers.world.size(),
+                peers.names().join(", "),
+                peers.world.node_rank,
+                peers.world.nodes
+            ));
+            trainer.peers = Some(peers);
+        }
         trainer.announce();
-        let paths = plan.data.probe_paths(config);
-        let (probe, skipped) =
-            ProbeSet::prepare(&paths, config, &trainer.teacher, size, grid, device)?;
-        trainer.report_skipped(skipped);
-        trainer.probe = probe;
+        if writes {
+            let paths = plan.data.probe_paths(config);
+            let (probe, skipped) =
+                ProbeSet::prepare(&paths, config, &trainer.teacher, size, grid, device)?;
+            trainer.report_skipped(skipped);
+            trainer.probe = probe;
+        }
         Ok((trainer, student))
     }
 
@@ -178,6 +223,10 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             start_step: self.state.step,
             train_images: self.data.train.entries.len(),
             val_images: self.data.val.as_ref().map_or(0, |v| v.entries.len()),
+            parallel: self
+                .peers
+                .as_ref()
+                .map(|p| (p.world.node_rank, p.world.nodes, p.world.size())),
         };
         (self.on_event)(event);
     }
@@ -198,9 +247,15 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                     outcome.describe(),
                     self.state.step
                 ));
+                if let Some(peers) = self.peers.take() {
+                    peers.finish();
+                }
                 return Ok(outcome);
             }
             self.end_epoch(&student)?;
+        }
+        if let Some(peers) = self.peers.take() {
+            peers.finish();
         }
         Ok(Outcome::Completed)
     }
@@ -217,11 +272,11 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             if batch.len == 0 {
                 continue;
             }
-            self.accumulate(&student, batch.pixels, batch.len);
+            self.accumulate(&student, batch.pixels, batch.len)?;
             if self.accumulated < self.config.optim.grad_accum_steps {
                 continue;
             }
-            student = self.step(student);
+            student = self.step(student)?;
             self.log_if_due()?;
             self.validate_if_due(&student)?;
             if let Some(outcome) = self.stop_reason() {
@@ -247,6 +302,11 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             prefetch_batches: config.data.prefetch_batches,
             drop_last: true,
             seed: config.seed,
+            // This node's part; a one-node run loads the whole batch.
+            part: self
+                .peers
+                .as_ref()
+                .map_or(Part::WHOLE, |p| p.world.node_part()),
         };
         spawn_epoch(
             self.data.train.clone(),
@@ -259,32 +319,60 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     }
 
     /// Forward and backward of one batch; its gradients join those of the global batch.
-    fn accumulate(&mut self, student: &Data2Vec2<B>, pixels: Vec<f32>, len: usize) {
+    fn accumulate(
+        &mut self,
+        student: &Data2Vec2<B>,
+        pixels: Vec<f32>,
+        len: usize,
+    ) -> anyhow::Result<()> {
         let size = self.size;
+        let loss_scale = self.optimizer.loss_scale();
+        if let Some(peers) = &mut self.peers {
+            // No 1/grad_accum_steps here: the exchange divides by the summed shard weights,
+            // which count the micro-batches too.
+            let nominal = self.config.optim.batch_size / self.nodes;
+            peers.accumulate(&self.teacher, student, pixels, len, nominal, loss_scale)?;
+            self.accumulated += 1;
+            // Every node takes an equal part: the run's images are this node's times the nodes.
+            self.speed.images += len * self.nodes;
+            return Ok(());
+        }
         let images = Tensor::<B::InnerBackend, 4>::from_data(
             TensorData::new(pixels, [len, 3, size, size]),
             &self.device,
         );
-        let (loss, grads) = kd_backward(
-            &self.teacher,
-            student,
-            images,
-            self.optimizer.loss_scale() / self.config.optim.grad_accum_steps as f64,
-        );
+        let grad_scale = loss_scale / self.config.optim.grad_accum_steps as f64;
+        let (loss, grads) = kd_backward(&self.teacher, student, images, grad_scale);
         self.accumulator.accumulate(student, grads);
         self.accumulated += 1;
         self.window.add(loss);
         self.speed.images += len;
+        Ok(())
     }
 
     /// One AdamW update with the accumulated gradients (unscaled in f16, clipped when
     /// configured). A step whose f16 gradients overflowed leaves the student as it was but
     /// counts, as in PyTorch's loop: the schedule and the data move on.
-    fn step(&mut self, student: Data2Vec2<B>) -> Data2Vec2<B> {
+    fn step(&mut self, student: Data2Vec2<B>) -> anyhow::Result<Data2Vec2<B>> {
         self.accumulated = 0;
-        let grads = self.accumulator.grads();
         self.last_lr = self.schedule.lr(self.state.step);
-        let (student, outcome) = self.optimizer.step(self.last_lr, student, grads);
+        let (student, outcome) = match &mut self.peers {
+            Some(peers) => {
+                let stop = self.control.stop_requested();
+                let (student, report) =
+                    peers.step(&mut self.optimizer, student, self.last_lr, stop)?;
+                for loss in report.losses {
+                    self.window
+                        .add(Tensor::from_floats([loss as f32], &self.device));
+                }
+                self.stop_agreed = report.stop;
+                (student, report.outcome)
+            }
+            None => {
+                let grads = self.accumulator.grads();
+                self.optimizer.step(self.last_lr, student, grads)
+            }
+        };
         self.state.step += 1;
         if let StepOutcome::SkippedOverflow { scale } = outcome {
             self.recorder.log(&format!(
@@ -292,7 +380,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 self.state.step
             ));
         }
-        student
+        Ok(student)
     }
 
     /// A metrics line every `log_every` steps and at the schedule's end, with the mean loss
@@ -332,7 +420,12 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
 
     fn stop_reason(&self) -> Option<Outcome> {
         let limits = &self.limits;
-        if self.control.stop_requested() {
+        // Data-parallel, every node stops at the step the exchange said someone asked to.
+        let stop = match &self.peers {
+            Some(_) => self.stop_agreed,
+            None => self.control.stop_requested(),
+        };
+        if stop {
             Some(Outcome::Interrupted)
         } else if self.state.step >= limits.max_steps && limits.max_steps < limits.total_steps {
             Some(Outcome::ReachedMaxSteps)
@@ -350,7 +443,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         self.state.batch_in_epoch = 0;
         self.write_heatmaps(student)?;
         self.checkpoint(student)?;
-        if improved {
+        if improved && self.writes {
             let (last, best) = (self.run.last_checkpoint(), self.run.best_checkpoint());
             std::fs::copy(&last, &best)
                 .with_context(|| format!("cannot write {}", best.display()))?;
@@ -363,6 +456,9 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         self.state.loss_window = self.window.state();
         self.state.grad_scaler = self.optimizer.scaler;
         self.ensure_finite(self.state.loss_window.sum)?;
+        if !self.writes {
+            return Ok(());
+        }
         let path = self.run.last_checkpoint();
         checkpoint::save(
             &path,
@@ -381,13 +477,18 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let Some(folder) = &self.data.val else {
             return Ok(false);
         };
-        let (val_loss, skipped) = validation_loss(
-            self.config,
-            &self.teacher,
-            &student.valid(),
-            folder,
-            self.size,
-        )?;
+        let (val_loss, skipped) = match &mut self.peers {
+            Some(peers) => {
+                peers.validate(self.config, &self.teacher, student, folder, self.size)?
+            }
+            None => validation_loss(
+                self.config,
+                &self.teacher,
+                &student.valid(),
+                folder,
+                self.size,
+            )?,
+        };
         self.report_skipped(skipped);
         let (step, epoch) = (self.state.step, self.state.epoch);
         self.recorder.metrics(&MetricsLine {

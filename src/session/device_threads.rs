@@ -22,16 +22,21 @@ pub enum Lane {
     Train,
     Inspect,
     Evaluate,
+    /// The replica on a data-parallel run's local device k ≥ 1 (device 0 is the run's own
+    /// thread), reused by every run.
+    Replica(usize),
 }
 
 impl Lane {
-    const ALL: [Lane; 3] = [Lane::Train, Lane::Inspect, Lane::Evaluate];
+    /// The lanes every app opens (capacity only: replicas start when a run needs them).
+    const COMMON: usize = 3;
 
-    fn name(self) -> &'static str {
+    fn name(self) -> String {
         match self {
-            Self::Train => "kdlab-train",
-            Self::Inspect => "kdlab-inspect",
-            Self::Evaluate => "kdlab-evaluate",
+            Self::Train => "kdlab-train".into(),
+            Self::Inspect => "kdlab-inspect".into(),
+            Self::Evaluate => "kdlab-evaluate".into(),
+            Self::Replica(k) => format!("kdlab-replica-{k}"),
         }
     }
 }
@@ -81,7 +86,7 @@ pub fn run_on(lane: Lane, job: impl FnOnce() + Send + 'static) -> JobHandle {
 
 fn lane_sender(lane: Lane) -> Sender<Job> {
     static LANES: OnceLock<Lanes> = OnceLock::new();
-    let lanes = LANES.get_or_init(|| Mutex::new(Vec::with_capacity(Lane::ALL.len())));
+    let lanes = LANES.get_or_init(|| Mutex::new(Vec::with_capacity(Lane::COMMON)));
     let mut lanes = lanes
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -90,7 +95,7 @@ fn lane_sender(lane: Lane) -> Sender<Job> {
     }
     let (sender, jobs) = crossbeam_channel::unbounded::<Job>();
     let started = std::thread::Builder::new()
-        .name(lane.name().into())
+        .name(lane.name())
         .spawn(move || {
             for job in jobs {
                 job();

@@ -170,6 +170,40 @@ fn the_demo_run_gets_curve_points_pauses_and_stops_with_a_checkpoint_on_close() 
     );
 }
 
+/// The Run panel's device count starts a data-parallel run (two CPU workers here) that trains
+/// to its end like any other.
+#[test]
+fn the_device_count_picker_starts_a_two_worker_run() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut app = demo_app(runs.path());
+    app.setup.config.log_every = 1;
+    app.setup.config.optim.max_steps = Some(3);
+    app.tab = Tab::Run;
+    let mut harness = harness(app);
+    harness.run();
+    assert!(
+        harness.query_by_label("devices").is_some(),
+        "the Run panel has a device count"
+    );
+    harness.state_mut().run.devices = Some(2);
+    harness.get_by_label("▶ Start").click();
+    step_until(&mut harness, Duration::from_secs(180), |app| {
+        !app.run.is_active() && app.run.progress.step >= 3
+    });
+    let progress = &harness.state().run.progress;
+    assert!(
+        progress
+            .log
+            .iter()
+            .any(|l| l.contains("data-parallel over 2 devices")),
+        "{:?}",
+        progress.log
+    );
+    assert_eq!(progress.loss.len(), 3, "a loss point per step");
+    let run_dir = progress.run_dir.clone().unwrap();
+    assert!(run_dir.join("checkpoints/last.safetensors").exists());
+}
+
 #[test]
 fn inspect_shows_an_assets_heat_map_with_hover_and_pca() {
     let runs = tempfile::tempdir().unwrap();

@@ -35,6 +35,7 @@ fn fresh(config: RunConfig, runs: &Path, max_steps: Option<usize>) -> TrainReque
         config: Some(config),
         max_steps,
         control: TrainControl::default(),
+        parallel: Default::default(),
     }
 }
 
@@ -363,6 +364,7 @@ fn resuming_a_run_whose_config_is_broken_fails_with_the_files_error() {
         config: None,
         max_steps: Some(4),
         control: TrainControl::default(),
+        parallel: Default::default(),
     };
     let e = train(&cpu(), &resume, &mut |_| {}).unwrap_err();
     assert!(matches!(e, EngineError::Config(_)), "{e}");

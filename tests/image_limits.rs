@@ -41,6 +41,7 @@ fn a_decompression_bomb_is_skipped_and_reported_not_decoded() {
         config: Some(config),
         max_steps: None,
         control: TrainControl::default(),
+        parallel: Default::default(),
     };
     let mut skipped = Vec::new();
     let mut steps = 0;

@@ -243,9 +243,33 @@ fn free_ports() -> u16 {
     panic!("no three free ports in a row");
 }
 
+/// A child process killed when the test lets go of it, also when the test fails: a node left
+/// behind would wait for its peer until its own watchdog gives up.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Process {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// `kdlab train` as node `rank` of two, its runs under `runs`.
-fn node(config: &Path, runs: &Path, rank: usize, port: u16, extra: &[&str]) -> Child {
-    train_command(config, runs)
+fn node(config: &Path, runs: &Path, rank: usize, port: u16, extra: &[&str]) -> Process {
+    let child = train_command(config, runs)
         .args(["--devices", "1", "--nodes", "2", "--node-rank"])
         .arg(rank.to_string())
         .arg("--coordinator")
@@ -254,7 +278,8 @@ fn node(config: &Path, runs: &Path, rank: usize, port: u16, extra: &[&str]) -> C
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("kdlab starts")
+        .expect("kdlab starts");
+    Process(child)
 }
 
 /// Waits for `child` at most `limit`; None if it is still running (then it is killed).
@@ -359,7 +384,7 @@ fn a_killed_node_stops_the_other_within_the_bound() {
     let mut first = node(&config, &runs0, 0, port, &[]);
     let mut second = node(&config, &runs1, 1, port, &[]);
     // 4 lines: past the first epoch's end (3 steps), so a checkpoint exists.
-    let run = wait_for_metrics(&runs0, 4, &mut [&mut first, &mut second]);
+    let run = wait_for_metrics(&runs0, 4, &mut [&mut *first, &mut *second]);
     second.kill().unwrap();
     let _ = second.wait();
     let killed = Instant::now();
@@ -385,7 +410,7 @@ fn ctrl_c_on_one_node_stops_both_with_a_checkpoint() {
     let port = free_ports();
     let mut first = node(&config, &runs0, 0, port, &[]);
     let mut second = node(&config, &runs1, 1, port, &[]);
-    let run = wait_for_metrics(&runs0, 2, &mut [&mut first, &mut second]);
+    let run = wait_for_metrics(&runs0, 2, &mut [&mut *first, &mut *second]);
     Command::new("kill")
         .args(["-INT", &second.id().to_string()])
         .status()
@@ -408,13 +433,15 @@ fn a_failing_worker_stops_the_run_and_names_its_device() {
     let dir = tempfile::tempdir().unwrap();
     let config = endless_config(dir.path(), "");
     let runs = dir.path().join("runs");
-    let mut child = train_command(&config, &runs)
-        .args(["--devices", "2"])
-        .env("KDLAB_FAULT", "1:3")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Process(
+        train_command(&config, &runs)
+            .args(["--devices", "2"])
+            .env("KDLAB_FAULT", "1:3")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (status, err) =
         wait_at_most(&mut child, Duration::from_secs(120)).expect("the run stops, no hang");
     assert!(!status.success(), "non-zero exit: {err}");

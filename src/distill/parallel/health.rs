@@ -8,6 +8,7 @@
 //! run whose peers are still held after a grace period ends the process (as PyTorch's NCCL
 //! watchdog does) — with the last good checkpoint on disk, as every checkpoint is.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -136,7 +137,10 @@ impl Health {
                     declared = Some(Instant::now());
                 }
                 (Some(_), Some(at)) if settings.multi_node && at.elapsed() > GRACE => {
-                    eprintln!(
+                    // Not eprintln!: with stderr gone (a closed pipe) it would panic and take
+                    // the watchdog with it, leaving the process hung.
+                    let _ = writeln!(
+                        std::io::stderr(),
                         "kdlab: {}; the peers could not be released, so the process ends here \
                          (the last checkpoint is kept)",
                         self.failure().unwrap_or_default()

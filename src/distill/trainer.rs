@@ -132,7 +132,8 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         place: Placement<'_, B::Device>,
     ) -> anyhow::Result<(Self, Data2Vec2<B>)> {
         let config = &plan.config;
-        let device = &place.devices[0];
+        let devices = place.devices;
+        let device = &devices[0];
         let Models { teacher, student } = plan.models.build::<B>(device)?;
         let (size, grid) = plan.models.geometry();
         let writes = place.world.writes_run();
@@ -186,23 +187,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             stop_agreed: false,
         };
         if place.world.is_parallel() {
-            let origin = Origin {
-                teacher: &trainer.teacher,
-                student: &student,
-                optimizer: &trainer.optimizer,
-                config: Arc::new(config.clone()),
-                val: plan.data.val.clone(),
-                size,
-            };
-            let peers = Peers::start(place.world, place.selected, place.devices, origin)?;
-            trainer.recorder.log(&format!(
-                "data-parallel over {} device(s) in all: {} on this node (node {} of {})",
-                peers.world.size(),
-                peers.names().join(", "),
-                peers.world.node_rank,
-                peers.world.nodes
-            ));
-            trainer.peers = Some(peers);
+            trainer.start_peers(place, plan, &student)?;
         }
         trainer.announce();
         if writes {
@@ -213,6 +198,34 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             trainer.probe = probe;
         }
         Ok((trainer, student))
+    }
+
+    /// The other devices and nodes of a data-parallel run, their replicas copied from this
+    /// trainer's models and optimiser (restored, on a resume).
+    fn start_peers(
+        &mut self,
+        place: Placement<'_, B::Device>,
+        plan: &RunPlan,
+        student: &Data2Vec2<B>,
+    ) -> anyhow::Result<()> {
+        let origin = Origin {
+            teacher: &self.teacher,
+            student,
+            optimizer: &self.optimizer,
+            config: Arc::new(self.config.clone()),
+            val: plan.data.val.clone(),
+            size: self.size,
+        };
+        let peers = Peers::start(place.world, place.selected, place.devices, origin)?;
+        self.recorder.log(&format!(
+            "data-parallel over {} device(s) in all: {} on this node (node {} of {})",
+            peers.world.size(),
+            peers.names().join(", "),
+            peers.world.node_rank,
+            peers.world.nodes
+        ));
+        self.peers = Some(peers);
+        Ok(())
     }
 
     fn announce(&mut self) {

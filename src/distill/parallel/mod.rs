@@ -179,33 +179,22 @@ impl<B: AutodiffBackend> Peers<B> {
         let local_devices = self.world.local_devices();
         // Each shard's weight: its images over the nominal shard (batch / world size).
         let nominal_shard = (nominal_len as f64 / local_devices as f64).max(1.0);
-        let mut own = None;
-        for local in 0..local_devices {
+        let shard = |local: usize| {
             let range = self.world.device_part(local).of(0..len);
-            let shard_len = range.len();
-            let shard = pixels[range.start * per_image..range.end * per_image].to_vec();
-            let weight = shard_len as f64 / nominal_shard;
-            if local == 0 {
-                own = Some((shard, shard_len, weight));
-                continue;
-            }
-            let sent = self.followers[local - 1]
-                .commands
-                .as_ref()
-                .is_some_and(|c| {
-                    c.send(Command::Accumulate {
-                        pixels: shard,
-                        len: shard_len,
-                        weight,
-                        loss_scale,
-                    })
-                    .is_ok()
-                });
-            if !sent {
-                return Err(self.failed(ExchangeError::Cancelled));
-            }
+            let pixels = pixels[range.start * per_image..range.end * per_image].to_vec();
+            (pixels, range.len(), range.len() as f64 / nominal_shard)
+        };
+        for local in 1..local_devices {
+            let (pixels, len, weight) = shard(local);
+            let command = Command::Accumulate {
+                pixels,
+                len,
+                weight,
+                loss_scale,
+            };
+            self.send(local - 1, command)?;
         }
-        let (shard, shard_len, weight) = own.unwrap_or_default();
+        let (shard, shard_len, weight) = shard(0);
         let device = self.exchange.device.clone();
         let images = (shard_len > 0).then(|| {
             Tensor::from_data(TensorData::new(shard, [shard_len, 3, size, size]), &device)
@@ -226,10 +215,9 @@ impl<B: AutodiffBackend> Peers<B> {
         self.broadcast(|| Command::Step { lr })?;
         let stepped = self.step.step(&self.exchange, optimizer, student, lr, stop);
         let (student, report) = stepped.map_err(|e| self.failed(e))?;
-        for local in 1..self.world.local_devices() {
-            match self.followers[local - 1].replies.recv() {
-                Ok(Reply::Stepped) => {}
-                _ => return Err(self.failed(ExchangeError::Cancelled)),
+        for reply in self.replies()? {
+            if !matches!(reply, Reply::Stepped) {
+                return Err(self.failed(ExchangeError::Cancelled));
             }
         }
         Ok((student, report))
@@ -255,10 +243,10 @@ impl<B: AutodiffBackend> Peers<B> {
             .exchange
             .sum_numbers(&[own.total as f32, own.images as f32])
             .map_err(|e| self.failed(e))?;
-        for local in 1..self.world.local_devices() {
-            match self.followers[local - 1].replies.recv() {
-                Ok(Reply::Validated { skipped: theirs }) => skipped.extend(theirs),
-                _ => return Err(self.failed(ExchangeError::Cancelled)),
+        for reply in self.replies()? {
+            match reply {
+                Reply::Validated { skipped: theirs } => skipped.extend(theirs),
+                Reply::Stepped => return Err(self.failed(ExchangeError::Cancelled)),
             }
         }
         let sum = LossSum {
@@ -268,17 +256,33 @@ impl<B: AutodiffBackend> Peers<B> {
         Ok((sum.mean(folder)?, skipped))
     }
 
-    fn broadcast(&mut self, command: impl Fn() -> Command) -> anyhow::Result<()> {
-        for follower in &self.followers {
-            let sent = follower
-                .commands
-                .as_ref()
-                .is_some_and(|c| c.send(command()).is_ok());
-            if !sent {
-                return Err(self.failed(ExchangeError::Cancelled));
-            }
+    fn broadcast(&self, command: impl Fn() -> Command) -> anyhow::Result<()> {
+        (0..self.followers.len()).try_for_each(|f| self.send(f, command()))
+    }
+
+    /// Queues `command` for follower `f`; a follower that is gone has failed the run.
+    fn send(&self, f: usize, command: Command) -> anyhow::Result<()> {
+        let sent = self.followers[f]
+            .commands
+            .as_ref()
+            .is_some_and(|c| c.send(command).is_ok());
+        if sent {
+            Ok(())
+        } else {
+            Err(self.failed(ExchangeError::Cancelled))
         }
-        Ok(())
+    }
+
+    /// One reply from every follower, in order; one that hung up has failed the run.
+    fn replies(&self) -> anyhow::Result<Vec<Reply>> {
+        self.followers
+            .iter()
+            .map(|f| {
+                f.replies
+                    .recv()
+                    .map_err(|_| self.failed(ExchangeError::Cancelled))
+            })
+            .collect()
     }
 
     /// The run's error: the first failure of any peer (what went wrong first, not its

@@ -86,8 +86,8 @@ impl<B: AutodiffBackend> PeerStep<B> {
         let mut flags = std::mem::take(&mut self.weights);
         flags.push(if stop { 1.0 } else { 0.0 });
         numbers.push(Tensor::from_floats(flags.as_slice(), &exchange.device));
-        let summed = exchange.sum_gradients(&student, grads, Tensor::cat(numbers, 0))?;
-        let n = summed.numbers.clone();
+        let mut summed = exchange.sum_gradients(&student, grads, Tensor::cat(numbers, 0))?;
+        let n = std::mem::take(&mut summed.numbers);
         if n.len() != 2 * micro + 1 {
             return Err(ExchangeError::Failed(format!(
                 "peers disagree on the micro-batches per step: {} numbers for {micro}",

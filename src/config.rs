@@ -34,6 +34,8 @@ pub struct RunConfig {
     pub probe: ProbeConfig,
     /// Data-parallel training over devices and machines (`--devices`, `--nodes`, …).
     pub parallel: ParallelConfig,
+    /// The watch on `target_var` / `pred_var` (fairseq data2vec's collapse check).
+    pub collapse: CollapseConfig,
 }
 
 impl Default for RunConfig {
@@ -50,6 +52,31 @@ impl Default for RunConfig {
             val_every: None,
             probe: ProbeConfig::default(),
             parallel: ParallelConfig::default(),
+            collapse: CollapseConfig::default(),
+        }
+    }
+}
+
+/// When the logged spreads of target and prediction (`target_var`, `pred_var`: the mean over
+/// dimensions of the standard deviation over the batch's tokens) count as a collapse.
+/// Defaults are fairseq data2vec's `min_target_var` and `min_pred_var`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollapseConfig {
+    /// A warning (log, terminal, app) when a metrics line's `pred_var` is below this.
+    pub min_pred_var: f64,
+    /// The same for `target_var` (a frozen teacher's targets rarely move; a broken input does).
+    pub min_target_var: f64,
+    /// Stop the run, as fairseq does, instead of warning only.
+    pub stop: bool,
+}
+
+impl Default for CollapseConfig {
+    fn default() -> Self {
+        Self {
+            min_pred_var: 0.01,
+            min_target_var: 0.1,
+            stop: false,
         }
     }
 }
@@ -493,6 +520,13 @@ pub enum ConfigError {
     },
     #[error("cannot write the config as RON: {0}")]
     Serialize(String),
+    /// A `--set PATH=VALUE` (crate::overrides) that names no field or does not fit its field.
+    #[error("--set {setting}: {message}")]
+    Override {
+        /// `PATH=VALUE` as given.
+        setting: String,
+        message: String,
+    },
 }
 
 impl ConfigError {
@@ -537,16 +571,28 @@ pub fn load_ron<T: serde::de::DeserializeOwned>(
     path: &Path,
     finish: impl FnOnce(&mut T, &Path) -> Vec<ConfigProblem>,
 ) -> Result<T, ConfigError> {
+    load_ron_edited(path, Ok, finish)
+}
+
+/// As `load_ron`, with `edit` (the command line's `--set`) applied between parsing and
+/// `finish`: an edited value is resolved and checked as one of the file's, and a broken value
+/// of the file that the edit replaces is no error.
+pub fn load_ron_edited<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    edit: impl FnOnce(T) -> Result<T, ConfigError>,
+    finish: impl FnOnce(&mut T, &Path) -> Vec<ConfigProblem>,
+) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut config: T = ron::from_str(&text).map_err(|e| ConfigError::Parse {
+    let config: T = ron::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_path_buf(),
         line: e.span.start.line,
         column: e.span.start.col,
         message: e.code.to_string(),
     })?;
+    let mut config = edit(config)?;
     let problems = finish(&mut config, path.parent().unwrap_or(Path::new(".")));
     ConfigError::check(Some(path), problems)?;
     Ok(config)
@@ -605,7 +651,16 @@ impl Problems {
 impl RunConfig {
     /// Reads, parses and validates; relative paths are resolved against the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        load_ron(path, |config: &mut Self, base| {
+        Self::load_edited(path, Ok)
+    }
+
+    /// As `load`, with `edit` (`--set`) applied to the parsed file before its paths are
+    /// resolved and its rules checked.
+    pub fn load_edited(
+        path: &Path,
+        edit: impl FnOnce(Self) -> Result<Self, ConfigError>,
+    ) -> Result<Self, ConfigError> {
+        load_ron_edited(path, edit, |config: &mut Self, base| {
             config.resolve_paths(base);
             config.problems()
         })
@@ -649,6 +704,18 @@ impl RunConfig {
         }
         found.in_range("probe.count", self.probe.count, limits::PROBE_COUNT);
         self.parallel.problems(self.optim.batch_size, &mut found);
+        found.in_interval(
+            "collapse.min_pred_var",
+            self.collapse.min_pred_var,
+            0.0,
+            1e3,
+        );
+        found.in_interval(
+            "collapse.min_target_var",
+            self.collapse.min_target_var,
+            0.0,
+            1e3,
+        );
         found.0
     }
 

@@ -9,6 +9,7 @@
 //! distill, eval, bench             the work: training, evaluation, measurement
 //! inspect                          per-patch views (distill's probe uses them)
 //! session                          backend, models from a config, run directory, typed errors
+//! overrides                        `--set PATH=VALUE` over any config
 //! config, weights, data, backend   what comes in: RON, checkpoints, images, devices
 //! optim, target, model             the method: AdamW and schedule, KD target, the encoders
 //! kernels, guard                   fused CPU kernels; the panic guard
@@ -27,6 +28,7 @@ pub mod inspect;
 pub mod kernels;
 pub mod model;
 pub mod optim;
+pub mod overrides;
 pub mod session;
 pub mod target;
 pub mod weights;

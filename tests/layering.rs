@@ -6,9 +6,24 @@ use std::path::Path;
 
 /// Bottom first: what the panic guard and the kernels need is nothing of kdlab; the app and the
 /// command line sit on everything.
-const LAYERS: [&str; 16] = [
-    "guard", "kernels", "model", "target", "optim", "data", "backend", "weights", "config",
-    "session", "inspect", "distill", "eval", "bench", "app", "cli",
+const LAYERS: [&str; 17] = [
+    "guard",
+    "kernels",
+    "model",
+    "target",
+    "optim",
+    "data",
+    "backend",
+    "weights",
+    "config",
+    "overrides",
+    "session",
+    "inspect",
+    "distill",
+    "eval",
+    "bench",
+    "app",
+    "cli",
 ];
 
 fn rank(module: &str) -> Option<usize> {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use crate::backend::{BackendChoice, Selected};
 use crate::bench::{BenchReport, BenchSettings, bench, full_size_config};
-use crate::config::{Precision, RunConfig};
+use crate::config::Precision;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// Print the JSON line only (stdout).
     #[arg(long)]
     json: bool,
+    // Over the file's config or the full-size one; a field set here counts as the config's
+    // (`precision`, `data.train`, `data.workers` above), and --precision, --data, --workers win.
+    #[command(flatten)]
+    set: super::SetArgs,
 }
 
 fn parse_precision(text: &str) -> Result<Precision, String> {
@@ -52,23 +56,31 @@ pub fn run(args: BenchArgs, backend: BackendChoice) -> anyhow::Result<ExitCode> 
         args.batch > 0 && args.steps > 0,
         "--batch and --steps must be at least 1"
     );
-    let config = args.config.as_deref().map(RunConfig::load).transpose()?;
+    // Read before the backend is chosen: a broken config is reported as what it is.
+    let config = match &args.config {
+        Some(path) => args.set.load_run_config(path)?,
+        None if args.set.is_empty() => full_size_config(),
+        None => {
+            let config = args.set.apply(full_size_config())?;
+            config.validate().map_err(|e| args.set.mark(e))?;
+            config
+        }
+    };
+    // A field counts where a config gave it: the file, or --set over the full-size one.
+    let from_config = |field: &str| args.config.is_some() || args.set.touches(field);
     let session = super::open_session(backend)?;
-    let (config, default_precision) = match config {
-        Some(config) => {
-            let precision = config.precision;
-            (config, precision)
-        }
+    let default_precision = if from_config("precision") {
+        config.precision
+    } else if matches!(session.backend(), Selected::Cuda { .. }) {
         // bf16 where the hardware has it; the CPU computes it in software, slower than f32.
-        None if matches!(session.backend(), Selected::Cuda { .. }) => {
-            (full_size_config(), Precision::Bf16)
-        }
-        None => (full_size_config(), Precision::F32),
+        Precision::Bf16
+    } else {
+        Precision::F32
     };
     let data = match &args.data {
         Some(path) if path.as_os_str() == "none" => None,
         Some(path) => Some(path.clone()),
-        None if args.config.is_some() => Some(config.data.train.clone()),
+        None if from_config("data.train") => Some(config.data.train.clone()),
         None => Some(PathBuf::from("assets")),
     };
     let precision = args.precision.unwrap_or(default_precision);
@@ -81,7 +93,7 @@ pub fn run(args: BenchArgs, backend: BackendChoice) -> anyhow::Result<ExitCode> 
         warmup: args.warmup,
         precision,
         data,
-        workers: args.workers.unwrap_or(if args.config.is_some() {
+        workers: args.workers.unwrap_or(if from_config("data.workers") {
             config.data.workers
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get())

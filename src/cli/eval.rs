@@ -71,14 +71,20 @@ pub struct EvalArgs {
     /// Print one JSON object (top1, top5, … and a "teacher" object with --teacher) on stdout.
     #[arg(long)]
     json: bool,
+    // Fields of the evaluation settings (knn.k=10, linear.warmup_epochs=0, …) over the file's
+    // or the defaults; the flags above win.
+    #[command(flatten)]
+    set: super::SetArgs,
 }
 
 impl EvalArgs {
     fn settings(&self) -> anyhow::Result<EvalConfig> {
         self.warn_about_flags_of_the_other_method();
+        let set = &self.set;
         let mut config = match &self.config {
-            Some(path) => EvalConfig::load(path)?,
-            None => EvalConfig::default(),
+            Some(path) => EvalConfig::load_edited(path, |config| set.apply(config))
+                .map_err(|e| set.mark(e))?,
+            None => set.apply(EvalConfig::default())?,
         };
         if let Some(train) = &self.train {
             config.train = Some(train.clone());
@@ -99,7 +105,7 @@ impl EvalArgs {
         linear.batch_size = self.batch_size.unwrap_or(linear.batch_size);
         linear.lr = self.lr.unwrap_or(linear.lr);
         linear.weight_decay = self.weight_decay.unwrap_or(linear.weight_decay);
-        config.validate()?;
+        config.validate().map_err(|e| set.mark(e))?;
         if config.train.is_none() {
             bail!("no training images: give --train (or train: in the eval config)");
         }

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::backend::BackendChoice;
-use crate::config::RunConfig;
 use crate::inspect::{HeatmapRequest, Metric, render::format_value, write_heatmaps};
 use crate::session::RunDir;
 
@@ -21,20 +20,26 @@ pub struct HeatmapArgs {
     /// Images to analyse (any format kdlab reads).
     #[arg(long, required = true, num_args = 1..)]
     image: Vec<PathBuf>,
-    /// Folder for `<NN>-<name>.{cosine,squared_error,pca}.png`, `.json` (grid layout) and `.csv`.
+    /// Folder for `<NN>-<name>.{cosine,squared_error,pca}.png`, `.json` (grid layout) and `.csv`;
+    /// `<NN>-<name>.attention.{teacher,student}.png` and `.attention.csv` (the CLS token's
+    /// attention per head in the last block, and rollout); `cka.png` and `cka.csv` (linear CKA
+    /// of every teacher layer with every student layer over all the images' tokens).
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    set: super::SetArgs,
 }
 
 pub fn run(args: HeatmapArgs, backend: BackendChoice) -> anyhow::Result<ExitCode> {
     let request = HeatmapRequest {
-        config: RunConfig::load(&args.config)?,
+        config: args.set.load_run_config(&args.config)?,
         checkpoint: args.checkpoint.as_deref().map(RunDir::checkpoint_in),
         images: args.image,
         out: args.out,
     };
     let session = super::open_session(backend)?;
-    for written in write_heatmaps(&session, &request)? {
+    let outputs = write_heatmaps(&session, &request)?;
+    for written in &outputs.images {
         let maps = &written.maps;
         println!(
             "{}: mean cosine {} (CLS {}), mean squared error {} → {}/{}.*",
@@ -46,5 +51,13 @@ pub fn run(args: HeatmapArgs, backend: BackendChoice) -> anyhow::Result<ExitCode
             written.stem
         );
     }
+    let cka = &outputs.cka;
+    println!(
+        "layer CKA ({} teacher × {} student layers, {} images) → {}/cka.{{png,csv}}",
+        cka.teacher_layers,
+        cka.student_layers,
+        cka.images,
+        request.out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

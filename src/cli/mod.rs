@@ -9,13 +9,18 @@ mod inspect;
 pub mod tensor_file;
 mod train;
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{ArgAction, CommandFactory, Parser, Subcommand};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::backend::BackendChoice;
+use crate::config::{ConfigError, RunConfig};
+use crate::overrides::{ConfigOverride, apply_overrides, mark_overridden};
 use crate::session::Session;
 
 /// Distil a BEiT v2 teacher into a data2vec 2.0 student on burn, and see per patch where the
@@ -82,6 +87,50 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Eval(args)) => eval::run(args, cli.backend),
         Some(Command::Bench(args)) => bench::run(args, cli.backend),
         Some(Command::Heatmap(args)) => heatmap::run(args, cli.backend),
+    }
+}
+
+/// `--set PATH=VALUE`, for every command that reads a config (train, eval, bench, heatmap).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SetArgs {
+    /// Set one field of the config by its path: PATH=VALUE, VALUE written in RON as in the file
+    /// (optim.base_lr=1e-3, data.workers=4, precision=bf16, parallel.devices=[0, 1],
+    /// student.blocks=FirstMain(4), optim.max_steps=3 or Some(3), val_every=None, a bare word
+    /// or "text" for a text or path field; list items by index: probe.images.0=a.jpg).
+    /// Repeatable, applied in order over the file (or the built-in config), then checked like the
+    /// file; the command's own flags (--devices, --max-steps, --workers, …) win over it.
+    #[arg(
+        long = "set",
+        value_name = "PATH=VALUE",
+        value_parser = ConfigOverride::parse,
+        action = ArgAction::Append
+    )]
+    pub overrides: Vec<ConfigOverride>,
+}
+
+impl SetArgs {
+    pub fn is_empty(&self) -> bool {
+        self.overrides.is_empty()
+    }
+
+    /// Whether an override sets `field` (or a part of it, or a field holding it).
+    pub fn touches(&self, field: &str) -> bool {
+        self.overrides.iter().any(|o| o.touches(field))
+    }
+
+    /// A run config file with the overrides applied, then resolved and checked as the file.
+    pub fn load_run_config(&self, path: &Path) -> Result<RunConfig, ConfigError> {
+        RunConfig::load_edited(path, |config| self.apply(config)).map_err(|e| self.mark(e))
+    }
+
+    /// `config` (one without a file) with the overrides applied; the caller checks it.
+    pub fn apply<T: Serialize + DeserializeOwned>(&self, config: T) -> Result<T, ConfigError> {
+        apply_overrides(config, &self.overrides)
+    }
+
+    /// Notes on every broken rule that an override set the field.
+    pub fn mark(&self, error: ConfigError) -> ConfigError {
+        mark_overridden(error, &self.overrides)
     }
 }
 

@@ -11,13 +11,16 @@ use crate::config::{Devices, RunConfig};
 use crate::distill::{
     Event, Outcome, ParallelOverrides, RunStart, TrainControl, TrainRequest, train,
 };
+use crate::session::RunDir;
 
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
     /// Run configuration (RON). With --resume it defaults to the run's own config.ron.
     #[arg(long, required_unless_present = "resume")]
     config: Option<PathBuf>,
-    /// Continue the run in this directory from its checkpoints/last.safetensors.
+    /// Continue the run in this directory from its checkpoints/last.safetensors. With --set,
+    /// only what does not change what is trained may be set: parallel.*, data.workers,
+    /// data.prefetch_batches and optim.max_steps (the run's config.ron stays as it was written).
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Stop after this many optimiser steps in total (the schedule still spans the config's epochs).
@@ -39,6 +42,50 @@ pub struct TrainArgs {
     /// HOST:PORT of node 0's coordinator; node R also serves tensors on PORT + 1 + R.
     #[arg(long)]
     coordinator: Option<String>,
+    // A new run's config.ron records the config with these set.
+    #[command(flatten)]
+    set: super::SetArgs,
+}
+
+/// What `--set` may change on `--resume`: how the run is carried out, not what it computes, so
+/// that the continued run is still the one its config.ron and checkpoints describe (the
+/// devices, as `--devices` may change them; the data threads; an earlier stop, as
+/// `--max-steps`). The run's config.ron is not rewritten on a resume, so an override of the
+/// model, the data or the schedule would leave it describing another run: those are refused.
+const SETTABLE_ON_RESUME: [&str; 4] = [
+    "parallel",
+    "data.workers",
+    "data.prefetch_batches",
+    "optim.max_steps",
+];
+
+/// The config to train with: the file (or, resuming with overrides, the run's config.ron) with
+/// `--set` applied and checked; None lets the engine read the run's own.
+fn config(args: &TrainArgs) -> anyhow::Result<Option<RunConfig>> {
+    if args.resume.is_some() {
+        let refused = args.set.overrides.iter().find(|one| {
+            !SETTABLE_ON_RESUME
+                .iter()
+                .any(|settable| one.is_within(settable))
+        });
+        if let Some(one) = refused {
+            return Err(one
+                .refused(format!(
+                    "a resumed run keeps the model, data and schedule of its config.ron; with \
+                     --resume only {} can be set",
+                    SETTABLE_ON_RESUME.join(", ")
+                ))
+                .into());
+        }
+    }
+    Ok(match (&args.config, &args.resume) {
+        (Some(path), _) => Some(args.set.load_run_config(path)?),
+        (None, Some(run_dir)) if !args.set.is_empty() => {
+            let run = RunDir::resumable(run_dir)?;
+            Some(args.set.load_run_config(&run.config_file())?)
+        }
+        (None, _) => None,
+    })
 }
 
 pub fn run(args: TrainArgs, backend: BackendChoice) -> anyhow::Result<ExitCode> {
@@ -52,7 +99,7 @@ pub fn run(args: TrainArgs, backend: BackendChoice) -> anyhow::Result<ExitCode> 
         (None, None) => bail!("give --config C.ron, or --resume RUN_DIR"),
     };
     // Read before the backend is chosen: a broken config is reported as what it is.
-    let config = args.config.as_deref().map(RunConfig::load).transpose()?;
+    let config = config(&args)?;
     let session = super::open_session(backend)?;
     let request = TrainRequest {
         start,
@@ -120,7 +167,13 @@ fn show(progress: &Progress, event: Event) {
         Event::Step(m) => {
             bar.set_position(m.step as u64);
             if let (Some(loss), Some(lr), Some(speed)) = (m.loss, m.lr, m.img_per_s) {
-                bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {speed:.1} img/s"));
+                let spread = match (m.target_var, m.pred_var) {
+                    (Some(t), Some(p)) => format!(" target_var {t:.3} pred_var {p:.3}"),
+                    _ => String::new(),
+                };
+                bar.set_message(format!(
+                    "loss {loss:.4} lr {lr:.2e}{spread} {speed:.1} img/s"
+                ));
             }
         }
         Event::Validation {

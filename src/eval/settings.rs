@@ -156,7 +156,16 @@ impl EvalConfig {
     /// Reads and parses; relative data paths are resolved against the file's folder when they
     /// do not exist as given.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        crate::config::load_ron(path, |config: &mut Self, base| {
+        Self::load_edited(path, Ok)
+    }
+
+    /// As `load`, with `edit` (`--set`) applied to the parsed file before its paths are
+    /// resolved and its rules checked.
+    pub fn load_edited(
+        path: &Path,
+        edit: impl FnOnce(Self) -> Result<Self, ConfigError>,
+    ) -> Result<Self, ConfigError> {
+        crate::config::load_ron_edited(path, edit, |config: &mut Self, base| {
             for p in [&mut config.train, &mut config.val].into_iter().flatten() {
                 if p.is_relative() && !p.exists() && base.join(&*p).exists() {
                     *p = base.join(&*p);

@@ -8,6 +8,7 @@ pub mod device_threads;
 pub mod error;
 pub mod models;
 pub mod run_dir;
+pub mod tensorboard;
 
 pub use error::{EngineError, Interrupted};
 pub use models::{ModelPlan, Models, TeacherSource, teacher_target};

@@ -8,6 +8,8 @@
 //!   checkpoints/last.safetensors  written atomically after every epoch and on stop
 //!   checkpoints/best.safetensors  the lowest validation loss
 //!   heatmaps/epoch-NNN/           the probe images' maps after epoch NNN (000: before training)
+//!   tb/events.out.tfevents.*      the metrics and probe maps for `tensorboard --logdir runs`,
+//!                                 one file per process that trained (a resume adds one)
 //!   eval/<method>-<data>-<model>.json, eval/results.jsonl, eval/features/
 //! ```
 //!
@@ -20,6 +22,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use super::tensorboard::EventWriter;
 use crate::config::{ConfigError, RunConfig};
 
 const CONFIG: &str = "config.ron";
@@ -29,10 +32,11 @@ const CHECKPOINTS: &str = "checkpoints";
 const LAST: &str = "last.safetensors";
 const BEST: &str = "best.safetensors";
 const HEATMAPS: &str = "heatmaps";
+const TB: &str = "tb";
 const EVAL: &str = "eval";
 
 /// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MetricsLine {
     pub step: usize,
     pub epoch: usize,
@@ -43,6 +47,17 @@ pub struct MetricsLine {
     pub lr: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub img_per_s: Option<f64>,
+    /// The collapse watch (fairseq data2vec's names): the mean over dimensions of the standard
+    /// deviation over the batch's tokens, of the teacher's target and the student's prediction,
+    /// averaged over the micro-batches since the previous line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_var: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pred_var: Option<f64>,
+    /// The global L2 norm of the gradients (unscaled, before clipping), averaged over the
+    /// applied steps since the previous line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_loss: Option<f64>,
 }
@@ -199,6 +214,11 @@ impl RunDir {
         stems
     }
 
+    /// `tb/`: the TensorBoard event files.
+    pub fn tb_dir(&self) -> PathBuf {
+        self.root.join(TB)
+    }
+
     pub fn eval_dir(&self) -> PathBuf {
         self.root.join(EVAL)
     }
@@ -225,7 +245,7 @@ impl RunDir {
         files
     }
 
-    /// Appenders for the run's metrics and log.
+    /// Appenders for the run's metrics and log, and a new TensorBoard event file.
     pub fn recorder(&self) -> anyhow::Result<RunRecorder> {
         let append = |path: PathBuf| {
             OpenOptions::new()
@@ -234,9 +254,15 @@ impl RunDir {
                 .open(&path)
                 .with_context(|| format!("cannot open {}", path.display()))
         };
-        Ok(RunRecorder {
+        let mut recorder = RunRecorder {
             files: Some((append(self.metrics_file())?, append(self.log_file())?)),
-        })
+            tb: None,
+        };
+        match EventWriter::create(&self.tb_dir()) {
+            Ok(writer) => recorder.tb = Some(writer),
+            Err(error) => recorder.tb_failed(&error),
+        }
+        Ok(recorder)
     }
 }
 
@@ -273,19 +299,70 @@ fn files_in(dir: &Path, extension: &str) -> Vec<PathBuf> {
 pub struct RunRecorder {
     /// (metrics.jsonl, log.txt); None on the nodes of a multi-node run that do not write it.
     files: Option<(File, File)>,
+    /// The TensorBoard copy of the metrics and probe maps; None when discarding, and from its
+    /// first failure on.
+    tb: Option<EventWriter>,
 }
 
 impl RunRecorder {
     /// Writes nothing: node R > 0 of a multi-node run, where node 0 writes the run.
     pub fn discarding() -> Self {
-        Self { files: None }
+        Self {
+            files: None,
+            tb: None,
+        }
     }
 
+    /// Appends the line to metrics.jsonl (a failure is the run's error) and its values to
+    /// TensorBoard (see `with_tb`).
     pub fn metrics(&mut self, line: &MetricsLine) -> anyhow::Result<()> {
         if let Some((metrics, _)) = &mut self.files {
             writeln!(metrics, "{}", serde_json::to_string(line)?)?;
         }
+        let step = line.step as u64;
+        self.with_tb(|tb| {
+            tb_scalars(line)
+                .into_iter()
+                .try_for_each(|(tag, value)| tb.scalar(tag, step, value as f32))
+        });
         Ok(())
+    }
+
+    /// Every PNG in `dir` (an epoch's probe maps, `heatmaps/epoch-NNN`), in name order, as a
+    /// TensorBoard image tagged `probe/<file stem>` at `step`.
+    pub fn images(&mut self, step: usize, dir: &Path) {
+        let mut pngs = files_in(dir, "png");
+        pngs.sort();
+        self.with_tb(|tb| {
+            pngs.iter().try_for_each(|path| {
+                let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+                tb.image(&format!("probe/{stem}"), step as u64, &std::fs::read(path)?)
+            })
+        });
+    }
+
+    /// Runs a TensorBoard write. TensorBoard is a viewer's copy of what metrics.jsonl and
+    /// heatmaps/ hold, so its failure must not cost a run hours in: it is reported once, on the
+    /// terminal and in log.txt, and the run goes on without it.
+    fn with_tb(&mut self, write: impl FnOnce(&mut EventWriter) -> std::io::Result<()>) {
+        let Some(tb) = &mut self.tb else {
+            return;
+        };
+        if let Err(error) = write(tb) {
+            let error =
+                anyhow::Error::new(error).context(format!("cannot write {}", tb.path().display()));
+            self.tb_failed(&error);
+        }
+    }
+
+    fn tb_failed(&mut self, error: &anyhow::Error) {
+        self.tb = None;
+        let message = format!(
+            "TensorBoard: {error:#}; the run goes on without it (metrics.jsonl and heatmaps/ \
+             have everything)"
+        );
+        tracing::warn!("{message}");
+        self.log(&message);
     }
 
     pub fn log(&mut self, message: &str) {
@@ -294,6 +371,23 @@ impl RunRecorder {
             let _ = writeln!(log, "[{}] {message}", utc_timestamp());
         }
     }
+}
+
+/// A metrics line's values for TensorBoard, each tagged with its field's name in metrics.jsonl;
+/// fields the line lacks are left out. The one place fields become tags.
+fn tb_scalars(line: &MetricsLine) -> Vec<(&'static str, f64)> {
+    [
+        ("loss", line.loss),
+        ("val_loss", line.val_loss),
+        ("lr", line.lr),
+        ("img_per_s", line.img_per_s),
+        ("target_var", line.target_var),
+        ("pred_var", line.pred_var),
+        ("grad_norm", line.grad_norm),
+    ]
+    .into_iter()
+    .filter_map(|(tag, value)| Some((tag, value?)))
+    .collect()
 }
 
 /// `YYYYMMDD-HHMMSS` in UTC, from the system clock (civil-from-days, H. Hinnant).
@@ -345,9 +439,8 @@ mod tests {
             step: 3,
             epoch: 0,
             loss: Some(1.5),
-            lr: None,
-            img_per_s: None,
-            val_loss: None,
+            pred_var: Some(0.25),
+            ..MetricsLine::default()
         };
         run.recorder().unwrap().metrics(&line).unwrap();
         assert_eq!(run.read_metrics().unwrap(), [line]);
@@ -368,6 +461,69 @@ mod tests {
         std::fs::write(run.last_checkpoint(), "x").unwrap();
         assert!(RunDir::resumable(run.root()).is_ok());
         assert_eq!(runs_with_checkpoints(runs.path())[0].0, run);
+    }
+
+    /// Each value of a metrics line becomes a TensorBoard scalar tagged with its JSON key, and
+    /// each PNG of an epoch folder an image; a discarding recorder writes neither.
+    #[test]
+    fn metrics_and_probe_maps_reach_tensorboard() {
+        use super::super::tensorboard::{TbData, event_files, read_events};
+        let runs = tempfile::tempdir().unwrap();
+        let run = RunDir::create(runs.path(), "t", &RunConfig::default()).unwrap();
+        let mut recorder = run.recorder().unwrap();
+        let line: MetricsLine =
+            serde_json::from_str(r#"{"step": 5, "epoch": 1, "loss": 0.5, "lr": 0.001}"#).unwrap();
+        recorder.metrics(&line).unwrap();
+        let maps = run.epoch_heatmaps(1);
+        std::fs::create_dir_all(&maps).unwrap();
+        image::RgbImage::new(4, 2)
+            .save(maps.join("00-a.cosine.png"))
+            .unwrap();
+        recorder.images(5, &maps);
+        RunRecorder::discarding().images(6, &maps);
+
+        let files = event_files(&run.tb_dir());
+        assert_eq!(files.len(), 1);
+        let events = read_events(&files[0]).unwrap();
+        let found: Vec<(i64, &str, &TbData)> = events[1..]
+            .iter()
+            .flat_map(|e| e.values.iter().map(|v| (e.step, v.tag.as_str(), &v.data)))
+            .collect();
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert_eq!(found[0], (5, "loss", &TbData::Scalar(0.5)));
+        assert_eq!(found[1], (5, "lr", &TbData::Scalar(0.001)));
+        assert_eq!((found[2].0, found[2].1), (5, "probe/00-a.cosine"));
+        assert!(matches!(
+            found[2].2,
+            TbData::Image {
+                width: 4,
+                height: 2,
+                colorspace: 3,
+                ..
+            }
+        ));
+    }
+
+    /// TensorBoard that cannot be written (here: a file where tb/ goes) is said once in log.txt
+    /// and costs the run nothing.
+    #[test]
+    fn a_tensorboard_failure_is_logged_and_the_run_goes_on() {
+        let runs = tempfile::tempdir().unwrap();
+        let run = RunDir::create(runs.path(), "t", &RunConfig::default()).unwrap();
+        std::fs::write(run.tb_dir(), "not a folder").unwrap();
+        let mut recorder = run.recorder().unwrap();
+        for step in [1, 2] {
+            let line = MetricsLine {
+                step,
+                loss: Some(1.0),
+                ..MetricsLine::default()
+            };
+            recorder.metrics(&line).unwrap();
+        }
+        recorder.images(2, &run.epoch_heatmaps(0));
+        let log = std::fs::read_to_string(run.log_file()).unwrap();
+        assert_eq!(log.matches("TensorBoard").count(), 1, "{log}");
+        assert_eq!(run.read_metrics().unwrap().len(), 2);
     }
 
     #[test]

@@ -66,15 +66,32 @@ fn loss_differences(a: &Path, b: &Path) -> (f64, f64) {
     let (ma, mb) = (metrics(a), metrics(b));
     assert_eq!(ma.len(), mb.len(), "the same metrics lines");
     let rel = |x: f64, y: f64| (x - y).abs() / x.abs().max(1e-12);
-    let (mut train, mut val) = (0.0f64, 0.0f64);
+    let (mut train, mut val, mut watch) = (0.0f64, 0.0f64, 0.0f64);
     for (x, y) in ma.iter().zip(&mb) {
         assert_eq!((x.step, x.epoch), (y.step, y.epoch));
+        // The collapse watch and the gradient norm: from the summed moments and gradients, the
+        // same as one device's over the whole batch.
+        for (p, q) in [
+            (x.target_var, y.target_var),
+            (x.pred_var, y.pred_var),
+            (x.grad_norm, y.grad_norm),
+        ] {
+            if let (Some(p), Some(q)) = (p, q) {
+                watch = watch.max(rel(p, q));
+            } else {
+                assert_eq!(p.is_some(), q.is_some(), "step {}: {x:?} vs {y:?}", x.step);
+            }
+        }
         match (x.loss, y.loss, x.val_loss, y.val_loss) {
             (Some(p), Some(q), None, None) => train = train.max(rel(p, q)),
             (None, None, Some(p), Some(q)) => val = val.max(rel(p, q)),
             other => panic!("step {}: different lines {other:?}", x.step),
         }
     }
+    say(format!(
+        "target_var, pred_var, grad_norm: largest relative difference {watch:.1e}"
+    ));
+    assert!(watch < 1e-4, "collapse watch / grad norm differ by {watch}");
     (train, val)
 }
 

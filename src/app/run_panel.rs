@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
+use egui_plot::{HLine, Legend, Line, Plot, PlotPoints, Points};
 
 use super::training_job::{JobMessage, TrainingJob};
 use crate::backend::BackendChoice;
@@ -42,6 +42,11 @@ pub struct RunProgress {
     pub loss: Vec<[f64; 2]>,
     pub val_loss: Vec<[f64; 2]>,
     pub lr: Vec<[f64; 2]>,
+    /// The collapse watch: (step, target_var) and (step, pred_var).
+    pub target_var: Vec<[f64; 2]>,
+    pub pred_var: Vec<[f64; 2]>,
+    /// `collapse.min_pred_var` of the run, drawn under the curves.
+    pub pred_var_floor: Option<f64>,
     pub img_per_s: Option<f64>,
     timing: Option<(Instant, usize)>,
     pub log: VecDeque<String>,
@@ -59,6 +64,9 @@ impl Default for RunProgress {
             loss: Vec::new(),
             val_loss: Vec::new(),
             lr: Vec::new(),
+            target_var: Vec::new(),
+            pred_var: Vec::new(),
+            pred_var_floor: None,
             img_per_s: None,
             timing: None,
             log: VecDeque::new(),
@@ -129,6 +137,12 @@ impl RunProgress {
                 }
                 if let Some(lr) = line.lr {
                     self.lr.push([x, lr]);
+                }
+                if let Some(v) = line.target_var {
+                    self.target_var.push([x, v]);
+                }
+                if let Some(v) = line.pred_var {
+                    self.pred_var.push([x, v]);
                 }
                 self.img_per_s = line.img_per_s.or(self.img_per_s);
             }
@@ -220,9 +234,15 @@ impl RunPanel {
             progress.loss = std::mem::take(&mut self.progress.loss);
             progress.val_loss = std::mem::take(&mut self.progress.val_loss);
             progress.lr = std::mem::take(&mut self.progress.lr);
+            progress.target_var = std::mem::take(&mut self.progress.target_var);
+            progress.pred_var = std::mem::take(&mut self.progress.pred_var);
+            progress.pred_var_floor = self.progress.pred_var_floor;
             progress.log = std::mem::take(&mut self.progress.log);
         }
         progress.state = RunState::Running;
+        if let Some(config) = config {
+            progress.pred_var_floor = Some(config.collapse.min_pred_var);
+        }
         self.progress = progress;
         let request = TrainRequest {
             start,
@@ -392,7 +412,7 @@ impl RunPanel {
     fn plots_ui(&self, ui: &mut egui::Ui) {
         let p = &self.progress;
         let height = (ui.available_height() * 0.6).clamp(120.0, 320.0);
-        ui.columns(2, |columns| {
+        ui.columns(3, |columns| {
             columns[0].label("KD loss (train, validation)");
             Plot::new("loss")
                 .height(height)
@@ -415,6 +435,23 @@ impl RunPanel {
                 .x_axis_label("step")
                 .show(&mut columns[1], |plot| {
                     plot.line(Line::new("lr", PlotPoints::from(p.lr.clone())).color(TRAIN_COLOUR));
+                });
+            columns[2].label("collapse watch (target_var, pred_var)");
+            Plot::new("spread")
+                .height(height)
+                .legend(Legend::default())
+                .x_axis_label("step")
+                .show(&mut columns[2], |plot| {
+                    let target = PlotPoints::from(p.target_var.clone());
+                    let prediction = PlotPoints::from(p.pred_var.clone());
+                    plot.line(Line::new("target_var", target).color(VAL_COLOUR));
+                    plot.line(Line::new("pred_var", prediction).color(TRAIN_COLOUR));
+                    if let Some(floor) = p.pred_var_floor {
+                        plot.hline(
+                            HLine::new("collapse.min_pred_var", floor)
+                                .color(egui::Color32::from_rgb(200, 60, 60)),
+                        );
+                    }
                 });
         });
     }

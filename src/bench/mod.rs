@@ -165,8 +165,8 @@ fn bench_on<B: AutodiffBackend>(
     let student_step = timed::<B>(device, warmup, steps, || {
         let current = student.take().expect("the student is put back every step");
         let scale = optimizer.loss_scale();
-        let (_, grads) = student_backward(&current, images.clone(), target.clone(), scale);
-        student = Some(optimizer.step(lr, current, grads).0);
+        let step = student_backward(&current, images.clone(), target.clone(), scale);
+        student = Some(optimizer.step(lr, current, step.grads).0);
         Ok(())
     })?;
 
@@ -174,8 +174,8 @@ fn bench_on<B: AutodiffBackend>(
     let kd_step = timed::<B>(device, warmup, steps, || {
         let current = student.take().expect("the student is put back every step");
         let scale = optimizer.loss_scale();
-        let (_, grads) = kd_backward(&teacher, &current, images.clone(), scale);
-        student = Some(optimizer.step(lr, current, grads).0);
+        let step = kd_backward(&teacher, &current, images.clone(), scale);
+        student = Some(optimizer.step(lr, current, step.grads).0);
         Ok(())
     })?;
 

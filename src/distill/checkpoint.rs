@@ -12,6 +12,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use serde::{Deserialize, Serialize};
 
+use super::window::WindowState;
 use crate::model::Data2Vec2;
 use crate::optim::{AdamW, GradScaler, Moments};
 use crate::weights::Architecture;
@@ -40,6 +41,12 @@ pub struct TrainState {
     /// one that never stopped (absent in checkpoints of kdlab before 0.1.1: an empty window).
     #[serde(default)]
     pub loss_window: LossWindowState,
+    /// The `[target_var, pred_var]` and gradient-norm windows, for the same reason (absent
+    /// before kdlab 0.1.2: empty windows).
+    #[serde(default, skip_serializing_if = "WindowState::is_empty")]
+    pub spread_window: WindowState,
+    #[serde(default, skip_serializing_if = "WindowState::is_empty")]
+    pub grad_norm_window: WindowState,
     /// f16's loss scale (absent in other precisions and in checkpoints written before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_scaler: Option<GradScaler>,
@@ -55,6 +62,8 @@ impl TrainState {
             best_val_loss: None,
             optim_steps: BTreeMap::new(),
             loss_window: LossWindowState::default(),
+            spread_window: WindowState::default(),
+            grad_norm_window: WindowState::default(),
             grad_scaler: None,
         }
     }
@@ -65,6 +74,24 @@ impl TrainState {
 pub struct LossWindowState {
     pub sum: f64,
     pub count: usize,
+}
+
+impl From<LossWindowState> for WindowState {
+    fn from(loss: LossWindowState) -> Self {
+        Self {
+            sums: vec![loss.sum],
+            count: loss.count,
+        }
+    }
+}
+
+impl From<WindowState> for LossWindowState {
+    fn from(window: WindowState) -> Self {
+        Self {
+            sum: window.sums.first().copied().unwrap_or(0.0),
+            count: window.count,
+        }
+    }
 }
 
 /// The student's tensors under fairseq names, f32.

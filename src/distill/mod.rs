@@ -3,12 +3,14 @@
 //! batch), opens or creates the run directory, then runs the `Trainer` on the session's backend.
 
 pub mod checkpoint;
+pub mod collapse;
 pub mod data;
 pub mod events;
 pub mod parallel;
 pub mod probe;
 mod trainer;
 pub mod validation;
+pub mod window;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use data::TrainingData;
 pub use events::{Event, NonFiniteLoss, Outcome};
-pub use trainer::{kd_backward, student_backward};
+pub use trainer::{KdStep, kd_backward, student_backward};
 
 use crate::backend::Selected;
 use crate::config::{ConfigError, Devices, ParallelConfig, RunConfig};

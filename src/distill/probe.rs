@@ -1,6 +1,7 @@
-//! The probe set: a few fixed images whose per-patch maps are written after every epoch to the
-//! run's `heatmaps/epoch-NNN/`, so the app's timeline shows the student's maps improving. The
-//! teacher is frozen, so its targets are computed once.
+//! The probe set: a few fixed images whose per-patch maps, and the layer CKA of teacher and
+//! student over all of them, are written after every epoch to the run's `heatmaps/epoch-NNN/`,
+//! so the app's timeline shows the student improving. The teacher is frozen, so its targets
+//! are computed once.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +9,7 @@ use burn::tensor::backend::Backend;
 
 use crate::config::RunConfig;
 use crate::inspect::Analysis;
-use crate::inspect::analysis::{ProbeImage, student_tokens, teacher_tokens};
+use crate::inspect::analysis::{ProbeImage, layer_cka, student_tokens, teacher_tokens};
 use crate::inspect::files::{Provenance, stem, write_image_outputs};
 use crate::model::{BeitV2, Data2Vec2};
 
@@ -56,9 +57,11 @@ impl ProbeSet {
         ))
     }
 
-    /// Writes every probe image's figures and values for the student as it is now.
+    /// Writes every probe image's figures and values for the student as it is now, and the
+    /// layer CKA of teacher and student over all probe images (`cka.csv`, `cka.png`).
     pub fn write<B: Backend>(
         &self,
+        teacher: &BeitV2<B>,
         student: &Data2Vec2<B>,
         dir: &Path,
         provenance: &Provenance,
@@ -75,6 +78,6 @@ impl ProbeSet {
             let analysis = Analysis::new(target.clone(), prediction, self.dim)?;
             write_image_outputs(dir, &stem(i, &image.path), image, &analysis, provenance)?;
         }
-        Ok(())
+        layer_cka(teacher, student, &self.images, self.size, device)?.write(dir)
     }
 }

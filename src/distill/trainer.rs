@@ -19,14 +19,16 @@ use anyhow::Context;
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
-use super::checkpoint::{self, LossWindowState, TrainState};
+use super::checkpoint::{self, TrainState};
+use super::collapse::{RepresentationCollapse, collapse_sign, spread, token_moments};
 use super::data::TrainingData;
 use super::events::{Event, NonFiniteLoss, Outcome};
 use super::parallel::{Origin, Peers};
 use super::probe::ProbeSet;
 use super::validation::validation_loss;
+use super::window::DeviceWindow;
 use super::{Placement, RunPlan, TrainControl};
 use crate::config::RunConfig;
 use crate::data::loader::{BatchStream, LoaderSettings, Part, Transform, epoch_order, spawn_epoch};
@@ -106,7 +108,14 @@ pub(super) struct Trainer<'a, B: AutodiffBackend> {
     probe: Option<ProbeSet>,
     accumulator: GradientsAccumulator<Data2Vec2<B>>,
     accumulated: usize,
-    window: LossWindow<B::InnerBackend>,
+    /// The losses since the last metrics line (one per micro-batch).
+    window: DeviceWindow<B::InnerBackend>,
+    /// `[target_var, pred_var]` of each micro-batch since the last line.
+    spreads: DeviceWindow<B::InnerBackend>,
+    /// The gradient norm of each applied step since the last line.
+    grad_norms: DeviceWindow<B::InnerBackend>,
+    /// The collapse watch warned and the spreads have not recovered since (one warning per fall).
+    collapse_warned: bool,
     speed: Speed,
     last_lr: f64,
     /// Unreadable files are reported once, however often the epochs meet them.
@@ -169,7 +178,10 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 total_steps: limits.total_steps,
             },
             limits,
-            window: LossWindow::restore(state.loss_window, device),
+            window: DeviceWindow::restore(1, &state.loss_window.into(), device),
+            spreads: DeviceWindow::restore(2, &state.spread_window, device),
+            grad_norms: DeviceWindow::restore(1, &state.grad_norm_window, device),
+            collapse_warned: false,
             state,
             data: &plan.data,
             size,
@@ -355,10 +367,11 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             &self.device,
         );
         let grad_scale = loss_scale / self.config.optim.grad_accum_steps as f64;
-        let (loss, grads) = kd_backward(&self.teacher, student, images, grad_scale);
-        self.accumulator.accumulate(student, grads);
+        let step = kd_backward(&self.teacher, student, images, grad_scale);
+        self.accumulator.accumulate(student, step.grads);
         self.accumulated += 1;
-        self.window.add(loss);
+        self.window.add(step.loss);
+        self.spreads.add(spread(step.moments));
         self.speed.images += len;
         Ok(())
     }
@@ -378,6 +391,10 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                     self.window
                         .add(Tensor::from_floats([loss as f32], &self.device));
                 }
+                for [target_var, pred_var] in report.spreads {
+                    let pair = [target_var as f32, pred_var as f32];
+                    self.spreads.add(Tensor::from_floats(pair, &self.device));
+                }
                 self.stop_agreed = report.stop;
                 (student, report.outcome)
             }
@@ -387,6 +404,9 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             }
         };
         self.state.step += 1;
+        if let Some(norm) = self.optimizer.take_grad_norm() {
+            self.grad_norms.add(norm);
+        }
         if let StepOutcome::SkippedOverflow { scale } = outcome {
             self.recorder.log(&format!(
                 "step {}: the f16 gradients overflowed; update skipped, loss scale now {scale}",
@@ -404,18 +424,52 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         if !(step.is_multiple_of(self.config.log_every) || step == self.limits.total_steps) {
             return Ok(());
         }
-        let mean = self.window.take_mean();
+        let mean = self.window.take_means().map_or(0.0, |m| m[0]);
         self.ensure_finite(mean)?;
+        let spreads = self.spreads.take_means();
         let line = MetricsLine {
             step,
             epoch: self.state.epoch,
             loss: Some(mean),
             lr: Some(self.last_lr),
             img_per_s: Some(self.speed.take_rate()),
+            target_var: spreads.as_ref().map(|s| s[0]),
+            pred_var: spreads.as_ref().map(|s| s[1]),
+            grad_norm: self.grad_norms.take_means().map(|n| n[0]),
             val_loss: None,
         };
         self.recorder.metrics(&line)?;
-        (self.on_event)(Event::Step(line));
+        (self.on_event)(Event::Step(line.clone()));
+        if let (Some(target_var), Some(pred_var)) = (line.target_var, line.pred_var) {
+            self.watch_collapse(target_var, pred_var)?;
+        }
+        Ok(())
+    }
+
+    /// Warns once per fall when a spread is below its floor (`collapse`), and stops the run
+    /// when `collapse.stop` asks to. Every node sees the run's summed spreads, so all agree.
+    fn watch_collapse(
+        &mut self,
+        target_var: f64,
+        pred_var: f64,
+    ) -> Result<(), RepresentationCollapse> {
+        let collapse = &self.config.collapse;
+        let Some(sign) = collapse_sign(collapse, target_var, pred_var) else {
+            self.collapse_warned = false;
+            return Ok(());
+        };
+        let (step, epoch) = (self.state.step, self.state.epoch);
+        if collapse.stop {
+            self.recorder
+                .log(&format!("step {step}: {sign}; stopping (collapse.stop)"));
+            return Err(RepresentationCollapse { sign, step, epoch });
+        }
+        if !self.collapse_warned {
+            self.collapse_warned = true;
+            let warning = format!("step {step}: {sign}");
+            self.recorder.log(&format!("warning: {warning}"));
+            (self.on_event)(Event::Warning(warning));
+        }
         Ok(())
     }
 
@@ -449,7 +503,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
 
     /// Validation, the probe maps and a checkpoint; the best checkpoint when validation improved.
     fn end_epoch(&mut self, student: &Data2Vec2<B>) -> anyhow::Result<()> {
-        let window = self.window.peek_sum();
+        let window = self.window.peek_sums()[0];
         self.ensure_finite(window)?;
         let improved = self.validate(student)?;
         self.state.epoch += 1;
@@ -466,7 +520,9 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
 
     /// Saves `checkpoints/last` — never a student that met a non-finite loss.
     fn checkpoint(&mut self, student: &Data2Vec2<B>) -> anyhow::Result<()> {
-        self.state.loss_window = self.window.state();
+        self.state.loss_window = self.window.state().into();
+        self.state.spread_window = self.spreads.state();
+        self.state.grad_norm_window = self.grad_norms.state();
         self.state.grad_scaler = self.optimizer.scaler;
         self.ensure_finite(self.state.loss_window.sum)?;
         if !self.writes {
@@ -507,10 +563,8 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         self.recorder.metrics(&MetricsLine {
             step,
             epoch,
-            loss: None,
-            lr: None,
-            img_per_s: None,
             val_loss: Some(val_loss),
+            ..MetricsLine::default()
         })?;
         self.recorder.log(&format!(
             "step {step} epoch {epoch}: val_loss {val_loss:.6}"
@@ -539,7 +593,14 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             epoch: Some(epoch),
             step: Some(self.state.step),
         };
-        probe.write(&student.valid(), &dir, &provenance, &self.device)?;
+        probe.write(
+            &self.teacher,
+            &student.valid(),
+            &dir,
+            &provenance,
+            &self.device,
+        )?;
+        self.recorder.images(self.state.step, &dir);
         (self.on_event)(Event::Heatmaps { epoch, dir });
         Ok(())
     }
@@ -582,52 +643,6 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     }
 }
 
-/// The losses since the last metrics line, summed on the device: reading each step back would
-/// make the host wait for the device before it could queue the next step.
-struct LossWindow<B: Backend> {
-    sum: Option<Tensor<B, 1>>,
-    count: usize,
-}
-
-impl<B: Backend> LossWindow<B> {
-    /// The window a checkpoint saved (the same f32 sum, so later sums round the same way).
-    fn restore(saved: LossWindowState, device: &B::Device) -> Self {
-        Self {
-            sum: (saved.count > 0).then(|| Tensor::from_floats([saved.sum as f32], device)),
-            count: saved.count,
-        }
-    }
-
-    fn add(&mut self, loss: Tensor<B, 1>) {
-        self.sum = Some(match self.sum.take() {
-            Some(sum) => sum + loss,
-            None => loss,
-        });
-        self.count += 1;
-    }
-
-    /// The sum so far (NaN or ∞ when a loss was), the window kept.
-    fn peek_sum(&self) -> f64 {
-        self.sum
-            .clone()
-            .map_or(0.0, |s| s.into_scalar().elem::<f64>())
-    }
-
-    /// The mean, and a new window.
-    fn take_mean(&mut self) -> f64 {
-        let mean = self.peek_sum() / self.count.max(1) as f64;
-        (self.sum, self.count) = (None, 0);
-        mean
-    }
-
-    fn state(&self) -> LossWindowState {
-        LossWindowState {
-            sum: self.peek_sum(),
-            count: self.count,
-        }
-    }
-}
-
 /// Images per second since the last metrics line (or the start, or a pause).
 struct Speed {
     images: usize,
@@ -649,15 +664,24 @@ impl Speed {
     }
 }
 
-/// The KD loss of one batch (f32, left on the device) and the student's gradients of
-/// `loss × grad_scale` — the training step without the optimiser. Each model computes in its
-/// own type (`computing_in`).
+/// One batch's training step without the optimiser, everything left on the device.
+pub struct KdStep<B: AutodiffBackend> {
+    /// The KD loss (f32).
+    pub loss: Tensor<B::InnerBackend, 1>,
+    /// `collapse::token_moments` of target and prediction (the collapse watch).
+    pub moments: Tensor<B::InnerBackend, 1>,
+    /// The student's gradients of `loss × grad_scale`.
+    pub grads: GradientsParams,
+}
+
+/// The KD loss of one batch and the student's gradients of `loss × grad_scale`. Each model
+/// computes in its own type (`computing_in`).
 pub fn kd_backward<B: AutodiffBackend>(
     teacher: &BeitV2<B::InnerBackend>,
     student: &Data2Vec2<B>,
     images: Tensor<B::InnerBackend, 4>,
     grad_scale: f64,
-) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
+) -> KdStep<B> {
     let target = teacher_target(teacher, images.clone());
     student_backward(student, images, target, grad_scale)
 }
@@ -668,10 +692,15 @@ pub fn student_backward<B: AutodiffBackend>(
     images: Tensor<B::InnerBackend, 4>,
     target: Tensor<B::InnerBackend, 3>,
     grad_scale: f64,
-) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
+) -> KdStep<B> {
     let prediction = prepare_target(&student.forward(Tensor::from_inner(images)).layer_results);
+    let moments = token_moments(target.clone(), prediction.clone().inner());
     let loss = kd_loss(prediction, Tensor::from_inner(target));
     let value = loss.clone().inner();
     let grads = GradientsParams::from_grads(loss.mul_scalar(grad_scale).backward(), student);
-    (value, grads)
+    KdStep {
+        loss: value,
+        moments,
+        grads,
+    }
 }

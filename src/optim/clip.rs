@@ -31,6 +31,23 @@ pub fn clip_grad_norm<AB: AutodiffBackend, M: AutodiffModule<AB>>(
     norm
 }
 
+/// The global L2 norm of all gradients, `[1]`, left on the device (no read back); None
+/// without any gradient.
+pub fn grad_norm<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> Option<Tensor<AB::InnerBackend, 1>> {
+    param_ids(module)
+        .iter()
+        .filter_map(|&(id, rank)| {
+            with_grad(grads, id, rank, |g: Tensor<AB::InnerBackend, 1>| {
+                g.square().sum()
+            })
+        })
+        .reduce(|total, part| total + part)
+        .map(Tensor::sqrt)
+}
+
 trait ToF64 {
     fn to_f64_lossy(self) -> f64;
 }

@@ -10,7 +10,7 @@ pub mod schedule;
 pub mod student;
 
 pub use adamw::{AdamW, AdamWSettings, Moments, decays};
-pub use clip::clip_grad_norm;
+pub use clip::{clip_grad_norm, grad_norm};
 pub use grad_scaler::GradScaler;
 pub use schedule::CosineWithWarmup;
 pub use student::{StepOutcome, StudentOptimizer};

@@ -6,7 +6,9 @@ use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
-use super::{AdamW, AdamWSettings, GradScaler, clip_grad_norm};
+use burn::tensor::Tensor;
+
+use super::{AdamW, AdamWSettings, GradScaler, clip_grad_norm, grad_norm};
 
 /// What a step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,6 +26,9 @@ pub struct StudentOptimizer<B: Backend> {
     /// Dynamic loss scaling (f16 only: bf16 has f32's range).
     pub scaler: Option<GradScaler>,
     pub clip_grad_norm: Option<f64>,
+    /// The global L2 norm of the (unscaled, unclipped) gradients of the last applied step, on
+    /// the device: logged as `grad_norm`, read back only when a metrics line is due.
+    last_grad_norm: Option<Tensor<B, 1>>,
 }
 
 impl<B: Backend> StudentOptimizer<B> {
@@ -32,6 +37,7 @@ impl<B: Backend> StudentOptimizer<B> {
             adamw: AdamW::new(settings),
             scaler: loss_scaling.then(GradScaler::default),
             clip_grad_norm,
+            last_grad_norm: None,
         }
     }
 
@@ -39,6 +45,11 @@ impl<B: Backend> StudentOptimizer<B> {
     /// the next `step`, so the micro-batches of one global batch share it.
     pub fn loss_scale(&self) -> f64 {
         self.scaler.map_or(1.0, |s| s.scale)
+    }
+
+    /// The global gradient norm of the last applied step (None after a skipped one).
+    pub fn take_grad_norm(&mut self) -> Option<Tensor<B, 1>> {
+        self.last_grad_norm.take()
     }
 
     /// One update of `module` from the gradients of the scaled loss.
@@ -60,6 +71,7 @@ impl<B: Backend> StudentOptimizer<B> {
                 return (module, StepOutcome::SkippedOverflow { scale });
             }
         }
+        self.last_grad_norm = grad_norm::<AB, M>(&module, &grads);
         if let Some(max_norm) = self.clip_grad_norm {
             clip_grad_norm::<AB, M>(&module, &mut grads, max_norm);
         }

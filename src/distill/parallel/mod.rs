@@ -342,9 +342,8 @@ fn copy_optimizer<B: burn::tensor::backend::Backend>(
             (name.clone(), moments)
         })
         .collect();
-    StudentOptimizer {
-        adamw,
-        scaler: optimizer.scaler,
-        clip_grad_norm: optimizer.clip_grad_norm,
-    }
+    let mut copy = StudentOptimizer::new(optimizer.adamw.settings, optimizer.clip_grad_norm, false);
+    copy.adamw = adamw;
+    copy.scaler = optimizer.scaler;
+    copy
 }

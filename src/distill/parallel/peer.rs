@@ -13,6 +13,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 
 use super::exchange::{Exchange, ExchangeError};
+use crate::distill::collapse::spread;
 use crate::distill::kd_backward;
 use crate::model::{BeitV2, Data2Vec2};
 use crate::optim::{StepOutcome, StudentOptimizer};
@@ -25,6 +26,9 @@ pub struct StepReport {
     pub losses: Vec<f64>,
     /// Some trainer asked to stop (Ctrl-C on any node): all stop after this step.
     pub stop: bool,
+    /// `[target_var, pred_var]` of each micro-batch over all devices, from the summed moments
+    /// (the collapse watch; the same numbers one device computes for the whole batch).
+    pub spreads: Vec<[f64; 2]>,
 }
 
 /// The micro-batches a peer computed since its last step.
@@ -33,6 +37,8 @@ pub struct PeerStep<B: AutodiffBackend> {
     /// `loss × weight` of each micro-batch, on the device.
     weighted_losses: Vec<Tensor<B::InnerBackend, 1>>,
     weights: Vec<f32>,
+    /// `token_moments` of each micro-batch's shard (zeros for a shard without images).
+    moments: Vec<Tensor<B::InnerBackend, 1>>,
 }
 
 impl<B: AutodiffBackend> Default for PeerStep<B> {
@@ -41,6 +47,7 @@ impl<B: AutodiffBackend> Default for PeerStep<B> {
             grads: GradientsAccumulator::new(),
             weighted_losses: Vec::new(),
             weights: Vec::new(),
+            moments: Vec::new(),
         }
     }
 }
@@ -61,11 +68,16 @@ impl<B: AutodiffBackend> PeerStep<B> {
     ) {
         match images {
             Some(images) => {
-                let (loss, grads) = kd_backward(teacher, student, images, grad_scale * weight);
-                self.grads.accumulate(student, grads);
-                self.weighted_losses.push(loss.mul_scalar(weight));
+                let step = kd_backward(teacher, student, images, grad_scale * weight);
+                self.grads.accumulate(student, step.grads);
+                self.weighted_losses.push(step.loss.mul_scalar(weight));
+                self.moments.push(step.moments);
             }
-            None => self.weighted_losses.push(Tensor::zeros([1], device)),
+            None => {
+                self.weighted_losses.push(Tensor::zeros([1], device));
+                let dim = student.extra_tokens.val().dims()[2];
+                self.moments.push(Tensor::zeros([4 * dim + 1], device));
+            }
         }
         self.weights.push(weight as f32);
     }
@@ -86,9 +98,12 @@ impl<B: AutodiffBackend> PeerStep<B> {
         let mut flags = std::mem::take(&mut self.weights);
         flags.push(if stop { 1.0 } else { 0.0 });
         numbers.push(Tensor::from_floats(flags.as_slice(), &exchange.device));
+        let moments = std::mem::take(&mut self.moments);
+        let moments_len = moments.first().map_or(0, |m| m.dims()[0]);
+        numbers.extend(moments);
         let mut summed = exchange.sum_gradients(&student, grads, Tensor::cat(numbers, 0))?;
         let n = std::mem::take(&mut summed.numbers);
-        if n.len() != 2 * micro + 1 {
+        if n.len() != (2 + moments_len) * micro + 1 {
             return Err(ExchangeError::Failed(format!(
                 "peers disagree on the micro-batches per step: {} numbers for {micro}",
                 n.len()
@@ -101,6 +116,20 @@ impl<B: AutodiffBackend> PeerStep<B> {
             .zip(weights)
             .map(|(&l, &w)| l as f64 / (w as f64).max(f64::MIN_POSITIVE))
             .collect();
+        let spreads = n[2 * micro + 1..]
+            .chunks_exact(moments_len.max(1))
+            .map(|m| {
+                let s = spread(Tensor::<B::InnerBackend, 1>::from_floats(
+                    m,
+                    &exchange.device,
+                ));
+                let s: Vec<f32> = s.into_data().convert::<f32>().to_vec().unwrap_or_default();
+                [
+                    s.first().copied().unwrap_or(f32::NAN) as f64,
+                    s.get(1).copied().unwrap_or(f32::NAN) as f64,
+                ]
+            })
+            .collect();
         let grads = summed.into_gradients(1.0 / total_weight.max(f64::MIN_POSITIVE));
         let (student, outcome) = optimizer.step(lr, student, grads);
         Ok((
@@ -109,6 +138,7 @@ impl<B: AutodiffBackend> PeerStep<B> {
                 outcome,
                 losses,
                 stop: n[2 * micro] > 0.0,
+                spreads,
             },
         ))
     }

@@ -155,6 +155,15 @@ fn the_demo_run_gets_curve_points_pauses_and_stops_with_a_checkpoint_on_close() 
         progress.loss.len() >= 3 && progress.lr.len() >= 3,
         "the curves get points"
     );
+    assert!(
+        progress.pred_var.len() >= 3 && progress.target_var.len() >= 3,
+        "the collapse watch gets points"
+    );
+    assert_eq!(
+        progress.pred_var_floor,
+        Some(0.01),
+        "the config's collapse.min_pred_var"
+    );
     let run_dir = progress
         .run_dir
         .clone()
@@ -238,6 +247,38 @@ fn inspect_shows_an_assets_heat_map_with_hover_and_pca() {
     harness.run();
     harness.get_by_label("teacher");
     harness.snapshot("inspect_pca");
+
+    // Attention: teacher and student maps of the mean over heads, then one head.
+    harness.get_by_label("Attention").click();
+    harness.run();
+    harness.get_by_label_contains("CLS attention over the patches: mean of heads");
+    harness.get_by_label("teacher");
+    harness.get_by_label("student");
+    harness.snapshot("inspect_attention");
+    let inspected = harness.state().inspect.inspected().unwrap().clone();
+    assert_eq!(
+        inspected.attention.teacher.heads.len(),
+        4,
+        "the demo teacher's heads"
+    );
+    harness.state_mut().inspect.attention_view = kdlab::inspect::AttentionView::Head(2);
+    harness.run();
+    harness.get_by_label_contains("CLS attention over the patches: head 2");
+
+    // Layer CKA: the matrix with hover values and the picked cell.
+    harness.get_by_label("Layer CKA").click();
+    harness.run();
+    harness.get_by_label_contains("linear CKA over this image's");
+    let cka = &inspected.cka;
+    assert!(
+        cka.teacher_layers >= 2 && cka.student_layers >= 1,
+        "{cka:?}"
+    );
+    assert!(
+        cka.values.iter().all(|v| (-1e-5..=1.0 + 1e-5).contains(v)),
+        "{cka:?}"
+    );
+    harness.snapshot("inspect_cka");
 }
 
 #[test]

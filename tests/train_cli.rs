@@ -403,6 +403,35 @@ fn heatmap_command_matches_the_probe_maps_and_the_validation_loss() {
         token_means.push((cls + errors.iter().sum::<f64>()) / (1 + errors.len()) as f64);
         let csv = std::fs::read_to_string(out.join(format!("{stem}.csv"))).unwrap();
         assert_eq!(csv.lines().count(), 1 + 1 + 16, "header, CLS, 16 patches");
+        for suffix in ["attention.teacher.png", "attention.student.png"] {
+            assert!(
+                out.join(format!("{stem}.{suffix}")).exists(),
+                "{stem}.{suffix}"
+            );
+        }
+        let attention = std::fs::read_to_string(out.join(format!("{stem}.attention.csv"))).unwrap();
+        // Per model: 2 heads, their mean and the rollout, 16 patches each.
+        assert_eq!(
+            attention.lines().count(),
+            1 + 2 * 4 * 16,
+            "{stem}.attention.csv"
+        );
+    }
+    // The layer CKA over the same images and checkpoint: as the run's last epoch saved it.
+    let cka = |dir: &Path| kdlab::inspect::CkaMatrix::read_csv(&dir.join("cka.csv")).unwrap();
+    let (written, saved) = (cka(&out), cka(&last_epoch));
+    assert_eq!(
+        (
+            written.teacher_layers,
+            written.student_layers,
+            written.images
+        ),
+        (2, 2, 2)
+    );
+    assert!(out.join("cka.png").exists() && last_epoch.join("cka.png").exists());
+    for (a, b) in written.values.iter().zip(&saved.values) {
+        assert!((a - b).abs() < 1e-5, "cka: heatmap {a} vs probe {b}");
+        assert!((0.0..=1.0 + 1e-5).contains(a), "CKA is in [0, 1]: {a}");
     }
     let val_loss = metrics(&run).iter().rev().find_map(|m| m.val_loss).unwrap();
     let mean = token_means.iter().sum::<f64>() / token_means.len() as f64;

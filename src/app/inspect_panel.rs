@@ -10,6 +10,7 @@ use crossbeam_channel::Receiver;
 use egui::{ColorImage, Sense, TextureHandle, TextureOptions, Ui, Vec2};
 use image::RgbImage;
 
+use super::cka_view::{self, CkaTimeline};
 use super::inspect_job::spawn;
 use crate::backend::BackendChoice;
 use crate::config::RunConfig;
@@ -19,7 +20,7 @@ use crate::data::resize::resize_bicubic;
 use crate::inspect::colormap::{Colormap, ValueRange, colours};
 use crate::inspect::patch_maps::difference;
 use crate::inspect::render::{display_side, format_value, grid_image, overlay};
-use crate::inspect::{HeatmapRecord, InspectRequest, Inspected, Metric};
+use crate::inspect::{AttentionView, HeatmapRecord, InspectRequest, Inspected, Metric};
 use crate::session::RunDir;
 use crate::session::run_dir::runs_with_checkpoints;
 
@@ -31,18 +32,31 @@ pub enum View {
     Difference,
     /// Teacher and student patches as RGB in the teacher's PCA basis.
     Pca,
+    /// The CLS token's attention per head in both models' last block, or rollout.
+    Attention,
+    /// Linear CKA of every teacher layer with every student layer, and over the epochs.
+    Cka,
     /// The maps a run saved after each epoch.
     Timeline,
 }
 
 impl View {
-    const ALL: [View; 4] = [View::Map, View::Difference, View::Pca, View::Timeline];
+    const ALL: [View; 6] = [
+        View::Map,
+        View::Difference,
+        View::Pca,
+        View::Attention,
+        View::Cka,
+        View::Timeline,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             View::Map => "Map",
             View::Difference => "Difference",
             View::Pca => "PCA",
+            View::Attention => "Attention",
+            View::Cka => "Layer CKA",
             View::Timeline => "Timeline",
         }
     }
@@ -132,6 +146,11 @@ pub struct InspectPanel {
     pub timeline_run: Option<PathBuf>,
     pub timeline_epoch: usize,
     pub timeline_stem: Option<String>,
+    /// What the Attention view shows.
+    pub attention_view: AttentionView,
+    /// The CKA cell picked for the timeline: (teacher layer, student layer), from 0.
+    pub cka_cell: (usize, usize),
+    cka_timeline: Option<CkaTimeline>,
     candidates: Vec<PathBuf>,
     runs: Vec<(PathBuf, Vec<PathBuf>)>,
     pending: Option<(Asked, Receiver<Result<Inspected, String>>)>,
@@ -157,6 +176,9 @@ impl Default for InspectPanel {
             // Clamped to the newest epoch when the run is read.
             timeline_epoch: usize::MAX,
             timeline_stem: None,
+            attention_view: AttentionView::HeadMean,
+            cka_cell: (usize::MAX, usize::MAX),
+            cka_timeline: None,
             candidates: Vec::new(),
             runs: Vec::new(),
             pending: None,
@@ -271,8 +293,10 @@ impl InspectPanel {
                 ui.selectable_value(&mut self.view, view, view.label());
             }
             ui.separator();
-            for metric in Metric::ALL {
-                ui.radio_value(&mut self.metric, metric, metric.label());
+            if !matches!(self.view, View::Attention | View::Cka) {
+                for metric in Metric::ALL {
+                    ui.radio_value(&mut self.metric, metric, metric.label());
+                }
             }
             ui.separator();
             ui.add(egui::Slider::new(&mut self.opacity, 0.0..=1.0).text("opacity"));
@@ -383,6 +407,8 @@ impl InspectPanel {
                 self.heat_ui(ui, &picture);
             }
             View::Pca => self.pca_ui(ui, &inspected),
+            View::Attention => self.attention_ui(ui, &inspected, &source),
+            View::Cka => self.cka_ui(ui, &inspected, &source),
             View::Timeline => {}
         }
     }
@@ -456,19 +482,7 @@ impl InspectPanel {
             let response = ui.add(
                 egui::Image::from_texture((heat.id(), Vec2::splat(side))).sense(Sense::hover()),
             );
-            if let Some(pos) = response.hover_pos() {
-                let rel = (pos - response.rect.min) / side;
-                let column =
-                    ((rel.x * picture.grid as f32) as usize).min(picture.grid.saturating_sub(1));
-                let row =
-                    ((rel.y * picture.grid as f32) as usize).min(picture.grid.saturating_sub(1));
-                let value = picture.values[row * picture.grid + column];
-                response.on_hover_text_at_pointer(format!(
-                    "patch row {row}, column {column} (token {}): {}",
-                    1 + row * picture.grid + column,
-                    format_value(value)
-                ));
-            }
+            patch_readout(response, picture.grid, &picture.values, side);
             ui.vertical(|ui| {
                 ui.label("CLS token");
                 ui.heading(format_value(picture.cls));
@@ -477,22 +491,124 @@ impl InspectPanel {
                 ui.heading(format_value(mean));
             });
         });
+        legend_ui(ui, &legend, picture.range, side, 1);
+    }
+
+    /// The image, the teacher's and the student's map of the picked head (or their mean, or
+    /// rollout), in one colour range so the two compare.
+    fn attention_ui(&mut self, ui: &mut Ui, inspected: &Inspected, source: &str) {
+        let attention = &inspected.attention;
+        let heads = attention
+            .teacher
+            .heads
+            .len()
+            .max(attention.student.heads.len());
         ui.horizontal(|ui| {
-            ui.add_space(side + ui.spacing().item_spacing.x);
-            ui.vertical(|ui| {
-                ui.add(egui::Image::from_texture((
-                    legend.id(),
-                    Vec2::new(side, 14.0),
-                )));
-                ui.horizontal(|ui| {
-                    ui.label(format_value(picture.range.min));
-                    let mid = format_value((picture.range.min + picture.range.max) / 2.0);
-                    let gap = (side - 3.0 * 40.0).max(0.0) / 2.0;
-                    ui.add_space(gap);
-                    ui.label(mid);
-                    ui.add_space(gap);
-                    ui.label(format_value(picture.range.max));
+            ui.label("show");
+            let mut views = vec![AttentionView::HeadMean];
+            views.extend((0..heads).map(AttentionView::Head));
+            views.push(AttentionView::Rollout);
+            egui::ComboBox::from_id_salt("attention-view")
+                .selected_text(self.attention_view.label())
+                .show_ui(ui, |ui| {
+                    for view in views {
+                        ui.selectable_value(&mut self.attention_view, view, view.label());
+                    }
+                })
+                .response
+                .on_hover_text(
+                    "the CLS token's attention over the patches in the last block, per head or \
+                     averaged; rollout: all blocks, heads averaged, with the residual (Abnar & \
+                     Zuidema 2020)",
+                );
+        });
+        let view = self.attention_view;
+        let (teacher, student) = (
+            view.values(&attention.teacher),
+            view.values(&attention.student),
+        );
+        if teacher.is_empty() || student.is_empty() {
+            ui.label(format!("a model has no {}", view.label()));
+            return;
+        }
+        let range = ValueRange::fitted(&[teacher.as_slice(), student.as_slice()].concat());
+        let (grid, opacity, display) = (attention.grid, self.opacity, &inspected.image.display);
+        let ctx = ui.ctx().clone();
+        let key = format!("{}-{view:?}-{opacity}", self.generation);
+        let base = self.texture(
+            &ctx,
+            "image",
+            format!("{}-{:?}", self.generation, self.view),
+            || display.clone(),
+        );
+        let heat =
+            |values: &[f32]| overlay(display, values, grid, Colormap::Inferno, range, opacity);
+        let teacher_map = self.texture(&ctx, "attention-teacher", key.clone(), || heat(&teacher));
+        let student_map = self.texture(&ctx, "attention-student", key, || heat(&student));
+        let legend = self.texture(&ctx, "legend", format!("{:?}", Colormap::Inferno), || {
+            legend_strip(Colormap::Inferno)
+        });
+        let side = Self::picture_side(ui, 3.0);
+        ui.strong(format!(
+            "CLS attention over the patches: {} · {source}",
+            view.label()
+        ));
+        ui.horizontal_top(|ui| {
+            for (caption, texture, values) in [
+                ("image", &base, None),
+                ("teacher", &teacher_map, Some(&teacher)),
+                ("student", &student_map, Some(&student)),
+            ] {
+                ui.vertical(|ui| {
+                    ui.label(caption);
+                    let image = egui::Image::from_texture((texture.id(), Vec2::splat(side)));
+                    let response = ui.add(image.sense(Sense::hover()));
+                    if let Some(values) = values {
+                        patch_readout(response, grid, values, side);
+                    }
                 });
+            }
+        });
+        legend_ui(ui, &legend, range, side, 1);
+    }
+
+    /// The image's layer CKA (teacher × student) and, for the run, the picked cell over epochs.
+    fn cka_ui(&mut self, ui: &mut Ui, inspected: &Inspected, source: &str) {
+        let matrix = &inspected.cka;
+        self.cka_cell = (
+            self.cka_cell.0.min(matrix.teacher_layers.saturating_sub(1)),
+            self.cka_cell.1.min(matrix.student_layers.saturating_sub(1)),
+        );
+        ui.strong(format!(
+            "linear CKA over this image's {} tokens · {source} · rows: teacher layers, columns: \
+             student layers (click a cell for its timeline)",
+            inspected.analysis.maps.grid.pow(2) + 1
+        ));
+        ui.horizontal_top(|ui| {
+            ui.vertical(|ui| cka_view::matrix_ui(ui, matrix, &mut self.cka_cell));
+            ui.vertical(|ui| {
+                let Some(run) = self.timeline_run.clone() else {
+                    ui.label("No run yet: the timeline needs a run's per-epoch probe CKA.");
+                    return;
+                };
+                if self
+                    .cka_timeline
+                    .as_ref()
+                    .is_none_or(|t| !t.is_fresh_for(&run))
+                {
+                    self.cka_timeline = Some(CkaTimeline::read(&run));
+                }
+                match &self.cka_timeline {
+                    Some(timeline) if !timeline.epochs.is_empty() => {
+                        cka_view::timeline_ui(ui, timeline, self.cka_cell);
+                    }
+                    _ => {
+                        ui.label(format!(
+                            "{} has no heatmaps/epoch-NNN/cka.csv yet.",
+                            short_name(&run)
+                        ));
+                    }
+                }
             });
         });
     }
@@ -647,6 +763,45 @@ fn load_frame(json: &Path) -> anyhow::Result<TimelineFrame> {
         record,
         display,
     })
+}
+
+/// The value of the hovered patch, by row and column.
+fn patch_readout(response: egui::Response, grid: usize, values: &[f32], side: f32) {
+    let Some(pos) = response.hover_pos() else {
+        return;
+    };
+    let rel = (pos - response.rect.min) / side;
+    let column = ((rel.x * grid as f32) as usize).min(grid.saturating_sub(1));
+    let row = ((rel.y * grid as f32) as usize).min(grid.saturating_sub(1));
+    if let Some(value) = values.get(row * grid + column) {
+        response.on_hover_text_at_pointer(format!(
+            "patch row {row}, column {column} (token {}): {}",
+            1 + row * grid + column,
+            format_value(*value)
+        ));
+    }
+}
+
+/// The colour bar with its range under the picture in column `column` (0 = the first).
+fn legend_ui(ui: &mut Ui, legend: &TextureHandle, range: ValueRange, side: f32, column: usize) {
+    ui.horizontal(|ui| {
+        ui.add_space(column as f32 * (side + ui.spacing().item_spacing.x));
+        ui.vertical(|ui| {
+            ui.add(egui::Image::from_texture((
+                legend.id(),
+                Vec2::new(side, 14.0),
+            )));
+            ui.horizontal(|ui| {
+                ui.label(format_value(range.min));
+                let mid = format_value((range.min + range.max) / 2.0);
+                let gap = (side - 3.0 * 40.0).max(0.0) / 2.0;
+                ui.add_space(gap);
+                ui.label(mid);
+                ui.add_space(gap);
+                ui.label(format_value(range.max));
+            });
+        });
+    });
 }
 
 /// A colour map as a 256 × 1 strip.

@@ -4,6 +4,7 @@
 //! UI; the engine never imports egui. `KdlabApp::ui` is the whole app, so tests drive exactly what the window
 //! shows.
 
+mod cka_view;
 mod evaluate_job;
 pub mod evaluate_panel;
 mod inspect_job;

@@ -8,6 +8,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use image::RgbImage;
 
+use super::attention::{AttentionMaps, model_attention};
+use super::cka::{CkaAccumulator, CkaMatrix};
 use super::patch_maps::{PatchMapError, PatchMaps};
 use super::pca::PcaBasis;
 use super::render::display_side;
@@ -111,15 +113,7 @@ fn tokens_per_image<B: Backend>(
     let mut out = Vec::with_capacity(images.len());
     let mut dim = 0;
     for chunk in images.chunks(CHUNK) {
-        let pixels: Vec<f32> = chunk
-            .iter()
-            .flat_map(|i| i.pixels.iter().copied())
-            .collect();
-        let x = Tensor::<B, 4>::from_data(
-            TensorData::new(pixels, [chunk.len(), 3, size, size]),
-            device,
-        );
-        let y = model(x); // [n, T, D]
+        let y = model(pixels_of(chunk, size, device)); // [n, T, D]
         let [n, tokens, d] = y.dims();
         dim = d;
         let values = y
@@ -130,6 +124,37 @@ fn tokens_per_image<B: Backend>(
         out.extend(values.chunks_exact(tokens * d).take(n).map(<[f32]>::to_vec));
     }
     Ok((out, dim))
+}
+
+/// The images' pixels as one batch `[n, 3, size, size]`.
+fn pixels_of<B: Backend>(images: &[ProbeImage], size: usize, device: &B::Device) -> Tensor<B, 4> {
+    let pixels: Vec<f32> = images
+        .iter()
+        .flat_map(|i| i.pixels.iter().copied())
+        .collect();
+    Tensor::from_data(
+        TensorData::new(pixels, [images.len(), 3, size, size]),
+        device,
+    )
+}
+
+/// Linear CKA of every teacher layer result with every student layer result over the tokens
+/// of `images` (`cka` says how).
+pub fn layer_cka<B: Backend>(
+    teacher: &BeitV2<B>,
+    student: &Data2Vec2<B>,
+    images: &[ProbeImage],
+    size: usize,
+    device: &B::Device,
+) -> anyhow::Result<CkaMatrix> {
+    let mut cka = CkaAccumulator::default();
+    for chunk in images.chunks(CHUNK) {
+        let x = pixels_of(chunk, size, device);
+        let t = teacher.forward(x.clone()).layer_results;
+        let s = student.forward(x).layer_results;
+        cka.add(&t, &s);
+    }
+    cka.finish(images.len())
 }
 
 /// Teacher and student loaded for inspection (inference only, on any backend).
@@ -165,6 +190,38 @@ impl<B: Backend> InspectedPair<B> {
 
     pub fn load_image(&self, path: &Path) -> Result<ProbeImage, DecodeError> {
         ProbeImage::load(path, self.size, self.grid, self.limits)
+    }
+
+    /// Both models' CLS attention (last block, per head) and rollout for each image.
+    pub fn attention(&self, images: &[ProbeImage]) -> anyhow::Result<Vec<AttentionMaps>> {
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(CHUNK) {
+            let x = pixels_of(chunk, self.size, &self.device);
+            let teacher = model_attention(&self.teacher.attention_weights(x.clone()))?;
+            let student = model_attention(&self.student.attention_weights(x))?;
+            out.extend(
+                teacher
+                    .into_iter()
+                    .zip(student)
+                    .map(|(teacher, student)| AttentionMaps {
+                        grid: self.grid,
+                        teacher,
+                        student,
+                    }),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Layer CKA over the tokens of all `images`.
+    pub fn cka(&self, images: &[ProbeImage]) -> anyhow::Result<CkaMatrix> {
+        layer_cka(
+            &self.teacher,
+            &self.student,
+            images,
+            self.size,
+            &self.device,
+        )
     }
 
     /// Maps and tokens of each image.

@@ -3,6 +3,8 @@
 //! per-epoch probe. `analysis` runs the models; `request` is what the app and `heatmap` call.
 
 pub mod analysis;
+pub mod attention;
+pub mod cka;
 pub mod colormap;
 pub mod files;
 mod font;
@@ -12,6 +14,8 @@ pub mod render;
 pub mod request;
 
 pub use analysis::{Analysis, ProbeImage};
+pub use attention::{AttentionMaps, AttentionView, ModelAttention};
+pub use cka::CkaMatrix;
 pub use colormap::{Colormap, ValueRange};
 pub use files::{HeatmapRecord, Provenance};
 pub use patch_maps::{Metric, PatchMaps};

@@ -133,7 +133,7 @@ pub fn pca_figure(
 
 /// Panels in a row under a title, each with an optional caption, and an optional bar under the
 /// last panel.
-fn figure(
+pub(crate) fn figure(
     panels: &[&RgbImage],
     captions: &[Option<&str>],
     title: &str,

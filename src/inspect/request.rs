@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use burn::tensor::backend::AutodiffBackend;
 
 use super::analysis::{Analysis, InspectedPair, ProbeImage};
+use super::attention::AttentionMaps;
+use super::cka::CkaMatrix;
 use super::files::{Provenance, stem, write_image_outputs};
 use super::patch_maps::PatchMaps;
 use crate::config::RunConfig;
@@ -30,6 +32,10 @@ pub struct Inspected {
     pub compared: Option<Analysis>,
     /// Teacher and student patch colours in the teacher's PCA basis.
     pub pca: (Vec<[u8; 3]>, Vec<[u8; 3]>),
+    /// Both models' CLS attention and rollout on the image.
+    pub attention: AttentionMaps,
+    /// Layer CKA over the image's tokens.
+    pub cka: CkaMatrix,
 }
 
 /// Analyses one image (the Inspect panel).
@@ -45,7 +51,10 @@ pub fn inspect(session: &Session, request: &InspectRequest) -> Result<Inspected,
         type Inference = <B as AutodiffBackend>::InnerBackend;
         let pair = InspectedPair::<Inference>::build(&plan, limits, &device)?;
         let image = pair.load_image(&request.image)?;
-        let analysis = only(pair.analyse(std::slice::from_ref(&image))?)?;
+        let one = std::slice::from_ref(&image);
+        let analysis = only(pair.analyse(one)?)?;
+        let attention = only(pair.attention(one)?)?;
+        let cka = pair.cka(one)?;
         let compared = match &compare {
             Some(plan) => {
                 let pair = InspectedPair::<Inference>::build(plan, limits, &device)?;
@@ -59,6 +68,8 @@ pub fn inspect(session: &Session, request: &InspectRequest) -> Result<Inspected,
             analysis,
             compared,
             pca,
+            attention,
+            cka,
         })
     })
 }
@@ -80,12 +91,20 @@ pub struct WrittenMaps {
     pub maps: PatchMaps,
 }
 
-/// Writes every image's figures and values; every image is read before anything is computed
-/// or written, so an unreadable one leaves `out` untouched.
+/// What `write_heatmaps` wrote: each image's maps and attention, and the layer CKA over all.
+pub struct HeatmapOutputs {
+    pub images: Vec<WrittenMaps>,
+    /// Also in `<out>/cka.csv` and `cka.png`.
+    pub cka: CkaMatrix,
+}
+
+/// Writes every image's figures and values (maps, PCA, attention) and the layer CKA over all
+/// of them; every image is read before anything is computed or written, so an unreadable one
+/// leaves `out` untouched.
 pub fn write_heatmaps(
     session: &Session,
     request: &HeatmapRequest,
-) -> Result<Vec<WrittenMaps>, EngineError> {
+) -> Result<HeatmapOutputs, EngineError> {
     let plan = ModelPlan::resolve(&request.config, request.checkpoint.as_deref())?;
     let (size, grid) = plan.geometry();
     let limits = request.config.data.decode_limits();
@@ -95,28 +114,40 @@ pub fn write_heatmaps(
         .map(|path| ProbeImage::load(path, size, grid, limits))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| EngineError::Failed(e.into()))?;
-    let analyses = on_backend!(session, None, |B, device| {
-        InspectedPair::<<B as AutodiffBackend>::InnerBackend>::build(&plan, limits, &device)?
-            .analyse(&images)
+    let (analyses, attention, cka) = on_backend!(session, None, |B, device| {
+        let pair =
+            InspectedPair::<<B as AutodiffBackend>::InnerBackend>::build(&plan, limits, &device)?;
+        anyhow::Ok((
+            pair.analyse(&images)?,
+            pair.attention(&images)?,
+            pair.cka(&images)?,
+        ))
     })?;
     let provenance = Provenance {
         checkpoint: request.checkpoint.clone(),
         ..Provenance::default()
     };
     let mut written = Vec::new();
-    for (i, (image, analysis)) in images.iter().zip(analyses).enumerate() {
+    for (i, ((image, analysis), attention)) in
+        images.iter().zip(analyses).zip(attention).enumerate()
+    {
         let name = stem(i, &image.path);
         write_image_outputs(&request.out, &name, image, &analysis, &provenance)?;
+        attention.write(&request.out, &name, &image.display)?;
         written.push(WrittenMaps {
             image: image.path.clone(),
             stem: name,
             maps: analysis.maps,
         });
     }
-    Ok(written)
+    cka.write(&request.out)?;
+    Ok(HeatmapOutputs {
+        images: written,
+        cka,
+    })
 }
 
-fn only(analyses: Vec<Analysis>) -> anyhow::Result<Analysis> {
+fn only<T>(analyses: Vec<T>) -> anyhow::Result<T> {
     analyses
         .into_iter()
         .next()

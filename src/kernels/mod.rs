@@ -116,11 +116,7 @@ fn unfused<B: Backend>(
 ) -> Tensor<B, 3> {
     let [batch, tokens, width3] = qkv.dims();
     let embed_dim = width3 / 3;
-    let head_dim = embed_dim / num_heads;
-    let qkv = qkv
-        .reshape([batch, tokens, 3, num_heads, head_dim])
-        .permute([2, 0, 3, 1, 4]); // [3, B, H, T, hd]
-    let [q, k, v] = [0, 1, 2].map(|i| qkv.clone().narrow(0, i, 1).squeeze_dim::<4>(0));
+    let [q, k, v] = split_heads(qkv, num_heads);
     let bias = bias.map(|b| {
         b.unsqueeze::<4>()
             .expand([batch, num_heads, tokens, tokens])
@@ -131,6 +127,38 @@ fn unfused<B: Backend>(
         half_attention(q, k, v, bias)
     }; // [B, H, T, hd]
     heads.swap_dims(1, 2).reshape([batch, tokens, embed_dim])
+}
+
+/// `[q, k, v]`, each `[B, H, T, hd]`, of `qkv` `[B, T, 3D]` (layout as `multi_head_attention`).
+fn split_heads<B: Backend>(qkv: Tensor<B, 3>, num_heads: usize) -> [Tensor<B, 4>; 3] {
+    let [batch, tokens, width3] = qkv.dims();
+    let head_dim = width3 / 3 / num_heads;
+    let qkv = qkv
+        .reshape([batch, tokens, 3, num_heads, head_dim])
+        .permute([2, 0, 3, 1, 4]); // [3, B, H, T, hd]
+    [0, 1, 2].map(|i| qkv.clone().narrow(0, i, 1).squeeze_dim::<4>(0))
+}
+
+/// The attention weights `softmax(q·kᵀ·hd^-0.5 + bias)` that `multi_head_attention` applies,
+/// in f32, for looking at them (the attention maps); the fused kernels never form them.
+///
+/// # Shapes
+/// - qkv: `[B, T, 3D]`, bias: `[H, T, T]` → `[B, H, T, T]`, each row summing to 1
+pub fn attention_weights<B: Backend>(
+    qkv: Tensor<B, 3>,
+    num_heads: usize,
+    bias: Option<Tensor<B, 3>>,
+) -> Tensor<B, 4> {
+    let [q, k, _] = split_heads(qkv.cast(DType::F32), num_heads);
+    let [.., head_dim] = q.dims();
+    let logits = q
+        .matmul(k.swap_dims(2, 3))
+        .mul_scalar((head_dim as f64).powf(-0.5)); // [B, H, T, T]
+    let logits = match bias {
+        Some(bias) => logits + bias.cast(DType::F32).unsqueeze::<4>(),
+        None => logits,
+    };
+    activation::softmax(logits, 3)
 }
 
 /// `softmax(q·kᵀ·hd^-0.5 + bias)·v` as autocast computes the models' own attention code: both

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::ModelOutput;
 use super::autocast::{self, Autocast};
 use super::vit::{Mlp, PatchEmbed};
-use crate::kernels::multi_head_attention;
+use crate::kernels::{attention_weights, multi_head_attention};
 
 /// Architecture of a BEiT v2 encoder; `vit_base_patch16_224` is the released teacher.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,14 +108,18 @@ impl<B: Backend> BeitAttention<B> {
     /// # Shapes
     /// - x: `[B, T, D]`, bias: `[H, T, T]` (f32) → `[B, T, D]` in the compute type
     fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 3>, amp: Autocast) -> Tensor<B, 3> {
-        let q_bias = self.q_bias.val();
-        let k_bias = q_bias.zeros_like();
-        let qkv_bias = Tensor::cat(vec![q_bias, k_bias, self.v_bias.val()], 0);
-        let qkv = amp.linear(&self.qkv, x) + amp.half(qkv_bias).unsqueeze::<3>();
+        let qkv = self.qkv(x, amp);
         amp.linear(
             &self.proj,
             multi_head_attention(qkv, self.num_heads, Some(bias)),
         )
+    }
+
+    fn qkv(&self, x: Tensor<B, 3>, amp: Autocast) -> Tensor<B, 3> {
+        let q_bias = self.q_bias.val();
+        let k_bias = q_bias.zeros_like();
+        let qkv_bias = Tensor::cat(vec![q_bias, k_bias, self.v_bias.val()], 0);
+        amp.linear(&self.qkv, x) + amp.half(qkv_bias).unsqueeze::<3>()
     }
 }
 
@@ -174,6 +178,17 @@ impl<B: Backend> BeitBlock<B> {
             .forward(amp.layer_norm(&self.norm2, x.clone()), amp);
         x + autocast::f32(mlp) * gamma_2
     }
+
+    /// The attention weights of this block for its input `x` (`[B, T, D]`) → `[B, H, T, T]`.
+    fn attention_weights(
+        &self,
+        x: Tensor<B, 3>,
+        bias: Tensor<B, 3>,
+        amp: Autocast,
+    ) -> Tensor<B, 4> {
+        let qkv = self.attn.qkv(amp.layer_norm(&self.norm1, x), amp);
+        attention_weights(qkv, self.attn.num_heads, Some(bias))
+    }
 }
 
 #[derive(Module, Debug)]
@@ -210,6 +225,24 @@ impl<B: Backend> BeitV2<B> {
     /// - images: `[B, 3, H, W]`, normalised
     /// - each layer result and `last_hidden`: `[B, 1 + N, D]`, CLS first
     pub fn forward(&self, images: Tensor<B, 4>) -> ModelOutput<B> {
+        self.forward_watching(images, |_, _, _| {})
+    }
+
+    /// Every block's attention weights, first block first, each `[B, H, T, T]` (f32).
+    pub fn attention_weights(&self, images: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
+        let mut weights = Vec::with_capacity(self.blocks.len());
+        self.forward_watching(images, |block, x, bias| {
+            weights.push(block.attention_weights(x.clone(), bias.clone(), self.autocast));
+        });
+        weights
+    }
+
+    /// `forward`, showing `watch` each block with its input and bias before it runs.
+    fn forward_watching(
+        &self,
+        images: Tensor<B, 4>,
+        mut watch: impl FnMut(&BeitBlock<B>, &Tensor<B, 3>, &Tensor<B, 3>),
+    ) -> ModelOutput<B> {
         let amp = self.autocast;
         let patches = autocast::f32(self.patch_embed.forward(images, amp)); // [B, N, D]
         let [batch, _, dim] = patches.dims();
@@ -226,6 +259,7 @@ impl<B: Backend> BeitV2<B> {
                 (None, Some(table)) => self.gather_bias(table.val()),
                 (None, None) => unreachable!("BeitV2Config::init gives every block a table"),
             };
+            watch(block, &x, &bias);
             x = block.forward(x, bias, amp);
             layer_results.push(x.clone());
         }

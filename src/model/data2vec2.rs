@@ -15,7 +15,7 @@ use super::ModelOutput;
 use super::autocast::{self, Autocast};
 use super::sincos::sincos_2d;
 use super::vit::{Mlp, PatchEmbed};
-use crate::kernels::multi_head_attention;
+use crate::kernels::{attention_weights, multi_head_attention};
 
 /// Which main blocks of the pretrained model a student keeps (the prenet blocks are always kept).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +171,11 @@ impl<B: Backend> AltBlock<B> {
         let m = self.mlp.forward(r.clone(), amp);
         (amp.layer_norm(&self.norm2, r + autocast::f32(m.clone())), m)
     }
+
+    /// The attention weights of this block for its input `x` (`[B, T, D]`) → `[B, H, T, T]`.
+    fn attention_weights(&self, x: Tensor<B, 3>, amp: Autocast) -> Tensor<B, 4> {
+        attention_weights(amp.linear(&self.attn.qkv, x), self.attn.num_heads, None)
+    }
 }
 
 #[derive(Module, Debug)]
@@ -213,16 +218,36 @@ impl<B: Backend> Data2Vec2<B> {
     /// - each layer result and `last_hidden`: `[B, 1 + N, D]`, CLS first
     /// - layer results in the compute type, `last_hidden` in f32
     pub fn forward(&self, images: Tensor<B, 4>) -> ModelOutput<B> {
+        self.forward_watching(images, |_, _| {})
+    }
+
+    /// Every block's attention weights, prenet blocks first, each `[B, H, T, T]` (f32).
+    pub fn attention_weights(&self, images: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
+        let mut weights = Vec::with_capacity(self.prenet_blocks.len() + self.blocks.len());
+        self.forward_watching(images, |block, x| {
+            weights.push(block.attention_weights(x.clone(), self.autocast));
+        });
+        weights
+    }
+
+    /// `forward`, showing `watch` each block (prenet and main) with its input before it runs.
+    fn forward_watching(
+        &self,
+        images: Tensor<B, 4>,
+        mut watch: impl FnMut(&AltBlock<B>, &Tensor<B, 3>),
+    ) -> ModelOutput<B> {
         let amp = self.autocast;
         let patches = autocast::f32(self.patch_embed.forward(images, amp)) + self.positions.val(); // [B, N, D]
         let [batch, _, dim] = patches.dims();
         let cls = self.extra_tokens.val().expand([batch, 1, dim]);
         let mut x = amp.layer_norm(&self.context_norm, Tensor::cat(vec![cls, patches], 1));
         for block in &self.prenet_blocks {
+            watch(block, &x);
             x = block.forward(x, amp).0;
         }
         let mut layer_results = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
+            watch(block, &x);
             let (out, layer_result) = block.forward(x, amp);
             layer_results.push(layer_result);
             x = out;

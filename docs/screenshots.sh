@@ -20,6 +20,8 @@ run=$(ls -td "$runs"/demo-* | head -1)
 "$shot" docs/inspect.png 12 -- "$bin" --backend cpu app --tab inspect
 "$shot" docs/inspect-pca.png 12 -- "$bin" --backend cpu app --tab inspect --view pca
 "$shot" docs/inspect-timeline.png 8 -- "$bin" --backend cpu app --tab inspect --view timeline
+"$shot" docs/inspect-attention.png 12 -- "$bin" --backend cpu app --tab inspect --view attention
+"$shot" docs/inspect-cka.png 12 -- "$bin" --backend cpu app --tab inspect --view cka
 
 # 3. Evaluate: k-NN and the linear probe of the run's student and its (random) teacher on a small
 # labelled set made from the sample photos (class = photo, images = 96×96 crops of it).

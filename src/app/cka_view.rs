@@ -55,25 +55,20 @@ pub fn matrix_ui(ui: &mut Ui, matrix: &CkaMatrix, picked: &mut (usize, usize)) {
     let origin = response.rect.min + Vec2::new(label_w, 18.0);
     let text = ui.visuals().text_color();
     let font = egui::FontId::proportional(11.0);
+    let label = |at: egui::Pos2, text_: String| {
+        painter.text(at, egui::Align2::CENTER_CENTER, text_, font.clone(), text);
+    };
     for s in 0..columns {
-        let at = origin + Vec2::new((s as f32 + 0.5) * cell, -9.0);
-        painter.text(
-            at,
-            egui::Align2::CENTER_CENTER,
+        label(
+            origin + Vec2::new((s as f32 + 0.5) * cell, -9.0),
             format!("S{}", s + 1),
-            font.clone(),
-            text,
         );
     }
     let range = ValueRange { min: 0.0, max: 1.0 };
     for t in 0..rows {
-        let at = origin + Vec2::new(-label_w / 2.0, (t as f32 + 0.5) * cell);
-        painter.text(
-            at,
-            egui::Align2::CENTER_CENTER,
+        label(
+            origin + Vec2::new(-label_w / 2.0, (t as f32 + 0.5) * cell),
             format!("T{}", t + 1),
-            font.clone(),
-            text,
         );
         for s in 0..columns {
             let value = matrix.at(t, s) as f32;

@@ -106,8 +106,8 @@ pub fn collapse_sign(
 /// A run stopped by the collapse watch (`collapse.stop`).
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{sign} by step {step} (epoch {epoch}); the run stopped (collapse.stop) and the last \
-     epoch's checkpoint is kept"
+    "{sign} by step {step} (epoch {epoch}); the run stopped (collapse.stop) and the checkpoint \
+     of the last finished epoch, if any, is kept"
 )]
 pub struct RepresentationCollapse {
     pub sign: CollapseSign,

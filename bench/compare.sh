@@ -5,13 +5,13 @@
 # torch, timm and torchvision.
 #
 #   bench/compare.sh [--kdlab PATH] [--batch 128] [--steps 20] [--precision bf16] [--backend auto]
-#                    [--compile] [--peak-tflops 989] [--out DIR]
+#                    [--attention fused|unfused] [--compile] [--peak-tflops 989] [--out DIR]
 #
 # Prints one table and writes kdlab.json, pytorch.json (and pytorch-compile.json) to --out.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 kdlab=${KDLAB:-$here/../target/release/kdlab}
-batch=8 steps=10 precision=bf16 backend=auto compile=0 peak= out=$(mktemp -d)
+batch=8 steps=10 precision=bf16 backend=auto attention=fused compile=0 peak= out=$(mktemp -d)
 while [ $# -gt 0 ]; do
   case $1 in
     --kdlab) kdlab=$2; shift ;;
@@ -19,6 +19,7 @@ while [ $# -gt 0 ]; do
     --steps) steps=$2; shift ;;
     --precision) precision=$2; shift ;;
     --backend) backend=$2; shift ;;
+    --attention) attention=$2; shift ;;
     --compile) compile=1 ;;
     --peak-tflops) peak=$2; shift ;;
     --out) out=$2; shift ;;
@@ -31,7 +32,7 @@ data=$here/../assets
 
 echo "kdlab:   $("$kdlab" --version)" >&2
 "$kdlab" --no-gui --backend "$backend" bench --batch "$batch" --steps "$steps" \
-  --precision "$precision" --data "$data" --json > "$out/kdlab.json"
+  --precision "$precision" --attention "$attention" --data "$data" --json > "$out/kdlab.json"
 python3 "$here/reference.py" --batch "$batch" --steps "$steps" --precision "$precision" \
   --data "$data" > "$out/pytorch.json"
 files=("$out/kdlab.json" "$out/pytorch.json")
@@ -48,8 +49,12 @@ rows = [json.load(open(f)) for f in sys.argv[2:]]
 kd = rows[0]
 keys = [("kd_step_img_s", "KD step img/s"), ("teacher_forward_img_s", "teacher forward img/s"),
         ("student_step_img_s", "student step img/s"), ("data_img_s", "data pipeline img/s"),
-        ("peak_memory_mb", "device memory MiB"), ("kd_step_tflop_s", "KD step TFLOP/s")]
-print(f"device: {kd['device']} | batch {kd['batch']} | {kd['steps']} steps | precision {kd['precision']}")
+        ("peak_memory_mb", "device memory MiB"), ("kd_step_tflop_s", "KD step TFLOP/s"),
+        ("teacher_attention_ms", "teacher attention ms"), ("student_attention_ms", "student attention ms"),
+        ("attention_ms_per_kd_step", "attention ms / KD step")]
+# Lower is better for these: their ratio is PyTorch / kdlab too, so > 1 still means kdlab wins.
+lower_better = {"peak_memory_mb", "teacher_attention_ms", "student_attention_ms", "attention_ms_per_kd_step"}
+print(f"device: {kd['device']} | batch {kd['batch']} | {kd['steps']} steps | precision {kd['precision']} | attention {kd.get('attention', '-')}")
 print(f"{'':24}" + "".join(f"{r['tool']:>22}" for r in rows) + "".join(f"{'ratio vs ' + r['tool']:>26}" for r in rows[1:]))
 for key, label in keys:
     cells = [r.get(key) for r in rows]
@@ -57,7 +62,7 @@ for key, label in keys:
     for other in cells[1:]:
         ok = cells[0] is not None and other
         # Higher is better except for memory, where the ratio is PyTorch / kdlab as well.
-        line += f"{cells[0] / other if key != 'peak_memory_mb' else other / cells[0]:>26.2f}" if ok else f"{'-':>26}"
+        line += f"{cells[0] / other if key not in lower_better else other / cells[0]:>26.2f}" if ok else f"{'-':>26}"
     print(line)
 if peak:
     for r in rows:

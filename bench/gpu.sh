@@ -9,7 +9,9 @@
 #       PyTorch goldens (f32, ≤ 1e-3) and one KD loss — a failure stops the run;
 #   (b) 100 demo steps on CUDA in f32 and bf16 against the CPU run's losses;
 #   (c) `kdlab bench` at batch 256 in f32, bf16 and f16 against PyTorch eager and torch.compile
-#       (compile columns while the time budget lasts), with MFU;
+#       (compile columns while the time budget lasts), with MFU and the attention layers alone
+#       (kdlab's fused CubeCL kernels vs SDPA), then kdlab with `--attention unfused` (burn's
+#       operations) in bf16 and f32 for the end-to-end change the kernels make;
 #   (d) the largest batch that fits in bf16, kdlab vs PyTorch (doubling from 256);
 #   then one table. Everything lands under $OUT (else a temp dir).
 #
@@ -78,6 +80,14 @@ for precision in bf16 f16 f32; do
     --data "$repo/assets" --json > "$d/kdlab.json" 2>> "$out/log.txt" || rm -f "$d/kdlab.json"
   python3 "$here/reference.py" --batch 256 --steps 20 --precision "$precision" \
     --data "$repo/assets" > "$d/pytorch.json" 2>> "$out/log.txt" || rm -f "$d/pytorch.json"
+done
+step "(c) kdlab with burn's attention instead of the fused kernels"
+for precision in bf16 f32; do
+  d=$out/bench/$precision
+  if [ "$(left)" -lt 200 ]; then echo "unfused $precision: skipped, $(left) s of the budget left" | tee -a "$out/log.txt"; continue; fi
+  "$kdlab" --no-gui --backend cuda bench --batch 256 --steps 20 --precision "$precision" \
+    --attention unfused --data none --json > "$d/kdlab-unfused.json" 2>> "$out/log.txt" \
+    || rm -f "$d/kdlab-unfused.json"
 done
 step "(c) torch.compile columns"
 for precision in bf16 f16 f32; do

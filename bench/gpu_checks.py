@@ -64,15 +64,19 @@ def table(out):
             continue
         rows.append(r)
     peaks = json.load(open(os.path.join(out, "peaks.json")))
-    print(f"\n{'tool':28}{'prec':>6}{'batch':>7}{'KD img/s':>11}{'teacher':>10}{'student':>10}"
-          f"{'MiB':>9}{'TFLOP/s':>9}{'MFU':>7}")
-    for r in sorted(rows, key=lambda r: (r["precision"], r["tool"])):
+    print(f"\n{'tool':28}{'attn':>8}{'prec':>6}{'batch':>7}{'KD img/s':>11}{'teacher':>10}{'student':>10}"
+          f"{'MiB':>9}{'TFLOP/s':>9}{'MFU':>7}{'T-attn ms':>11}{'S-attn ms':>11}{'attn/KD':>9}")
+    for r in sorted(rows, key=lambda r: (r["precision"], r["tool"], r.get("attention", ""))):
         peak = peaks[r["precision"]]
         mem = r.get("peak_memory_mb")
-        print(f"{r['tool']:28}{r['precision']:>6}{r['batch']:>7}{r['kd_step_img_s']:>11.1f}"
+        step_ms = 1e3 * r["batch"] / r["kd_step_img_s"]
+        share = r.get("attention_ms_per_kd_step")
+        print(f"{r['tool']:28}{r.get('attention', '-'):>8}{r['precision']:>6}{r['batch']:>7}{r['kd_step_img_s']:>11.1f}"
               f"{r['teacher_forward_img_s']:>10.1f}{r['student_step_img_s']:>10.1f}"
               f"{mem if mem is None else round(mem):>9}{r['kd_step_tflop_s']:>9.1f}"
-              f"{100 * r['kd_step_tflop_s'] / peak:>6.1f}%")
+              f"{100 * r['kd_step_tflop_s'] / peak:>6.1f}%"
+              f"{r.get('teacher_attention_ms', float('nan')):>11.2f}{r.get('student_attention_ms', float('nan')):>11.2f}"
+              f"{'-' if share is None else f'{100 * share / step_ms:.0f}%':>9}")
     for name in ["largest_batch_kdlab", "largest_batch_pytorch"]:
         path = os.path.join(out, name)
         if os.path.exists(path):

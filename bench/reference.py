@@ -145,6 +145,32 @@ def timed(step, steps, warmup, sync):
     return time.perf_counter() - start
 
 
+def attention_ms(batch, steps, warmup, sync, device, dtype, tokens=197, dim=768, heads=12):
+    """One teacher attention layer's forward with the relative position bias (timm's BEiT passes
+    it to SDPA as attn_mask) and one student layer's forward and backward, from packed
+    projections to merged heads as the models do, in ms per call for the whole batch."""
+    def split(qkv):
+        return qkv.reshape(batch, tokens, 3, heads, dim // heads).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def attention(qkv, bias=None):
+        q, k, v = split(qkv)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return out.transpose(1, 2).reshape(batch, tokens, dim)
+
+    qkv = torch.randn(batch, tokens, 3 * dim, device=device, dtype=dtype)
+    bias = torch.randn(1, heads, tokens, tokens, device=device, dtype=dtype)
+    trained = torch.randn(batch, tokens, 3 * dim, device=device, dtype=dtype, requires_grad=True)
+
+    def teacher():
+        with torch.no_grad():
+            attention(qkv, bias)
+
+    def student():
+        attention(trained).float().sum().backward()
+
+    return [1e3 * timed(f, steps, warmup, sync) / steps for f in (teacher, student)]
+
+
 class Folder(torch.utils.data.Dataset):
     """Every image file under root (flat or class folders), as torchvision's pipeline reads it."""
 
@@ -255,6 +281,8 @@ def main():
         seconds = timed(step, args.steps, args.warmup, sync)
         results[name] = args.batch * args.steps / seconds
     peak = torch.cuda.max_memory_reserved() / 2**20 if cuda else None
+    teacher_attention, student_attention = attention_ms(
+        args.batch, args.steps, args.warmup, sync, device, amp_dtype or torch.float32)
     data = data_img_s(args.data, args.batch, args.workers, args.data_images) if args.data else None
 
     kd_gflop = gflop_per_image(12) + 3 * gflop_per_image(8)
@@ -273,6 +301,10 @@ def main():
         "peak_memory_mb": peak,
         "kd_step_gflop_per_image": kd_gflop,
         "kd_step_tflop_s": results["kd_step"] * kd_gflop / 1e3,
+        "attention": "sdpa",
+        "teacher_attention_ms": teacher_attention,
+        "student_attention_ms": student_attention,
+        "attention_ms_per_kd_step": 12 * teacher_attention + 8 * student_attention,
     }))
 
 

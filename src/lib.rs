@@ -12,7 +12,7 @@
 //! overrides                        `--set PATH=VALUE` over any config
 //! config, weights, data, backend   what comes in: RON, checkpoints, images, devices
 //! optim, target, model             the method: AdamW and schedule, KD target, the encoders
-//! kernels, guard                   fused CPU kernels; the panic guard
+//! kernels, guard                   fused CPU kernels and GPU attention (CubeCL); the panic guard
 //! ```
 
 pub mod app;

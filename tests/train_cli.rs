@@ -457,8 +457,7 @@ fn heatmap_command_matches_the_probe_maps_and_the_validation_loss() {
     assert!(!dir.path().join("none").exists());
 }
 
-#[test]
-fn bench_reports_every_measurement_as_one_json_line() {
+fn bench_demo(attention: &str) -> serde_json::Value {
     let out = kdlab(&[
         "--no-gui",
         "--backend",
@@ -474,6 +473,8 @@ fn bench_reports_every_measurement_as_one_json_line() {
         "1",
         "--workers",
         "1",
+        "--attention",
+        attention,
         "--json",
     ]);
     assert!(
@@ -481,8 +482,14 @@ fn bench_reports_every_measurement_as_one_json_line() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    serde_json::from_slice(&out.stdout).expect("one JSON line")
+}
+
+#[test]
+fn bench_reports_every_measurement_as_one_json_line() {
+    let report = bench_demo("fused");
     assert_eq!(report["tool"], "kdlab");
+    assert_eq!(report["attention"], "fused");
     assert_eq!(
         (report["batch"].as_u64(), report["steps"].as_u64()),
         (Some(2), Some(2))
@@ -493,16 +500,42 @@ fn bench_reports_every_measurement_as_one_json_line() {
         "student_step_img_s",
         "data_img_s",
         "kd_step_tflop_s",
+        "teacher_attention_ms",
+        "student_attention_ms",
+        "attention_ms_per_kd_step",
     ] {
         let value = report[key].as_f64().unwrap_or(f64::NAN);
         assert!(value.is_finite() && value > 0.0, "{key}: {}", report[key]);
     }
+    // The demo: 4 teacher layers, 1 + 2 student layers.
+    let per_step = 4.0 * report["teacher_attention_ms"].as_f64().unwrap()
+        + 3.0 * report["student_attention_ms"].as_f64().unwrap();
+    let reported = report["attention_ms_per_kd_step"].as_f64().unwrap();
+    assert!(
+        (per_step - reported).abs() <= 1e-9 * per_step,
+        "{per_step} vs {reported}"
+    );
     // The demo models: 4 teacher blocks, 1 + 2 student blocks on 65 tokens of width 64.
     let gflop = report["kd_step_gflop_per_image"].as_f64().unwrap();
     assert!(gflop > 0.0 && gflop < 1.0, "{gflop}");
     assert!(
         report["peak_memory_mb"].is_null(),
         "the CPU backend reports no device memory"
+    );
+}
+
+#[test]
+fn bench_runs_burns_attention_when_asked() {
+    let report = bench_demo("unfused");
+    assert_eq!(report["attention"], "unfused");
+    let ms = report["student_attention_ms"].as_f64().unwrap_or(f64::NAN);
+    assert!(ms.is_finite() && ms > 0.0, "{ms}");
+    let out = kdlab(&["--no-gui", "bench", "--attention", "flash"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("'flash' is not fused or unfused"),
+        "{stderr}"
     );
 }
 

@@ -5,6 +5,7 @@
 //! Each measurement runs `warmup` steps, synchronises the device, runs `steps` steps and
 //! synchronises again; the time between the two synchronisations is what counts.
 
+pub mod attention;
 pub mod flops;
 
 use std::path::PathBuf;
@@ -19,10 +20,12 @@ use crate::config::{Precision, RunConfig};
 use crate::data::loader::{LoaderSettings, Transform, epoch_order, spawn_epoch};
 use crate::data::{ImageFolder, train_transform};
 use crate::distill::{kd_backward, student_backward};
+use crate::kernels::{AttentionKernels, set_attention_kernels};
 use crate::model::generator::seeded;
 use crate::model::{BeitV2Config, BlockSelection, Data2Vec2Config};
 use crate::optim::StudentOptimizer;
 use crate::session::{EngineError, ModelPlan, Models, Session, on_backend, teacher_target};
+use attention::AttentionBench;
 
 #[derive(Debug, Clone)]
 pub struct BenchSettings {
@@ -30,6 +33,8 @@ pub struct BenchSettings {
     pub steps: usize,
     pub warmup: usize,
     pub precision: Precision,
+    /// Every model's attention for the whole bench: kdlab's fused kernels or burn's operations.
+    pub attention: AttentionKernels,
     /// Images for the data-pipeline measurement (None: skip it).
     pub data: Option<PathBuf>,
     pub workers: usize,
@@ -59,6 +64,16 @@ pub struct BenchReport {
     pub peak_memory_mb: Option<f64>,
     pub kd_step_gflop_per_image: f64,
     pub kd_step_tflop_s: f64,
+    /// What ran the attention: `fused` (kdlab's kernels where they cover the backend) or
+    /// `unfused` (burn's attention operation).
+    pub attention: AttentionKernels,
+    /// One teacher attention layer's forward (with the relative position bias), whole batch.
+    pub teacher_attention_ms: f64,
+    /// One student attention layer's forward and backward, whole batch.
+    pub student_attention_ms: f64,
+    /// Every teacher layer's and every student layer's attention of one KD step, from the two
+    /// above.
+    pub attention_ms_per_kd_step: f64,
 }
 
 /// The thesis' models at full size, randomly initialised (speed does not depend on the weights).
@@ -104,6 +119,7 @@ pub fn bench(
 ) -> Result<BenchReport, EngineError> {
     let mut config = config.clone();
     config.precision = settings.precision;
+    set_attention_kernels(settings.attention);
     let plan = ModelPlan::resolve(&config, None)?;
     let mut report = on_backend!(session, Some(settings.batch), |B, device| {
         bench_on::<B>(&plan, &config, settings, &device, say)
@@ -179,6 +195,18 @@ fn bench_on<B: AutodiffBackend>(
         Ok(())
     })?;
 
+    say("attention layers alone");
+    let attention_bench = AttentionBench {
+        teacher: teacher_config,
+        student: student_config,
+        batch: settings.batch,
+        warmup,
+        steps,
+        dtype: config.precision.compute_dtype(),
+        seed: config.seed,
+    };
+    let attention = attention_bench.run::<B>(device)?;
+
     let data_img_s = match &settings.data {
         Some(folder) => {
             say("data pipeline");
@@ -203,6 +231,10 @@ fn bench_on<B: AutodiffBackend>(
         peak_memory_mb: None,
         kd_step_gflop_per_image: gflop,
         kd_step_tflop_s: kd_step_img_s * gflop / 1e3,
+        attention: settings.attention,
+        teacher_attention_ms: attention.teacher_forward_ms,
+        student_attention_ms: attention.student_step_ms,
+        attention_ms_per_kd_step: attention_bench.per_kd_step_ms(attention),
     })
 }
 

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use crate::backend::{BackendChoice, Selected};
 use crate::bench::{BenchReport, BenchSettings, bench, full_size_config};
 use crate::config::Precision;
+use crate::kernels::AttentionKernels;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -26,6 +27,11 @@ pub struct BenchArgs {
     /// `precision` does"); default: the config's, else bf16 on CUDA and f32 elsewhere.
     #[arg(long, value_parser = parse_precision)]
     precision: Option<Precision>,
+    /// Every attention layer through kdlab's fused kernels (CPU, CUDA, WGPU) or through burn's
+    /// attention operation (matmul → softmax → matmul under autodiff and with a bias), to
+    /// compare the two.
+    #[arg(long, value_parser = parse_attention, default_value = "fused")]
+    attention: AttentionKernels,
     /// Folder for the data-pipeline measurement (default: the config's training images, else
     /// assets/); `none` skips it.
     #[arg(long)]
@@ -48,6 +54,14 @@ fn parse_precision(text: &str) -> Result<Precision, String> {
         "bf16" => Ok(Precision::Bf16),
         "f16" => Ok(Precision::F16),
         other => Err(format!("'{other}' is not f32, bf16 or f16")),
+    }
+}
+
+fn parse_attention(text: &str) -> Result<AttentionKernels, String> {
+    match text {
+        "fused" => Ok(AttentionKernels::Fused),
+        "unfused" => Ok(AttentionKernels::Unfused),
+        other => Err(format!("'{other}' is not fused or unfused")),
     }
 }
 
@@ -92,6 +106,7 @@ pub fn run(args: BenchArgs, backend: BackendChoice) -> anyhow::Result<ExitCode> 
         steps: args.steps,
         warmup: args.warmup,
         precision,
+        attention: args.attention,
         data,
         workers: args.workers.unwrap_or(if from_config("data.workers") {
             config.data.workers
@@ -115,11 +130,15 @@ pub fn run(args: BenchArgs, backend: BackendChoice) -> anyhow::Result<ExitCode> 
 
 fn print_table(r: &BenchReport) {
     eprintln!(
-        "kdlab bench: {} · batch {} · {} steps · precision {}",
+        "kdlab bench: {} · batch {} · {} steps · precision {} · {} attention",
         r.device,
         r.batch,
         r.steps,
-        r.precision.name()
+        r.precision.name(),
+        match r.attention {
+            AttentionKernels::Fused => "fused",
+            AttentionKernels::Unfused => "unfused",
+        }
     );
     eprintln!(
         "  KD step          {:>9.2} img/s  ({:.1} GFLOP/s at {:.1} GFLOP/image)",
@@ -129,6 +148,14 @@ fn print_table(r: &BenchReport) {
     );
     eprintln!("  teacher forward  {:>9.2} img/s", r.teacher_forward_img_s);
     eprintln!("  student step     {:>9.2} img/s", r.student_step_img_s);
+    let kd_step_ms = 1e3 * r.batch as f64 / r.kd_step_img_s;
+    eprintln!(
+        "  attention        {:>9.2} ms teacher layer, {:.2} ms student layer (forward + \
+         backward); ≈ {:.0} % of the KD step",
+        r.teacher_attention_ms,
+        r.student_attention_ms,
+        100.0 * r.attention_ms_per_kd_step / kd_step_ms
+    );
     match r.data_img_s {
         Some(d) => eprintln!(
             "  data pipeline    {d:>9.1} img/s  ({} workers)",

@@ -1,4 +1,5 @@
-//! Fused CPU kernels for the operations where burn's CPU backend (`flex`) lost most to PyTorch.
+//! Fused kernels: on the CPU for the operations where burn's CPU backend (`flex`) lost most to
+//! PyTorch, and attention on CUDA and WGPU (`cube`).
 //!
 //! flex runs elementwise operations and reductions on one thread, one element at a time (GELU
 //! through libm's `erff`), its attention copies q, k and v out of the packed projection and works
@@ -12,17 +13,20 @@
 //! itself uses), with backward passes where the student needs them.
 //!
 //! The kernels run when the backend is `Flex` or `Autodiff<Flex>` and the tensors are f32; every
-//! other backend takes burn's own operations (CUDA and WGPU have fused attention of their own),
-//! every half type the autocast form of attention (`half_attention`), and tests hold the paths
-//! equal. burn has no specialisation, so the backend is
+//! half type takes the autocast form of attention (`half_attention`). On CUDA and WGPU,
+//! attention runs through the CubeCL kernels of `cube` (the teacher's with its bias, the
+//! student's forward and backward, in f32, f16 and bf16); the rest takes burn's own operations,
+//! and tests hold the paths equal. burn has no specialisation, so the backend is
 //! recognised by its `TypeId` and the tensor moved out through `Any` (safe code, nothing
 //! reinterpreted).
 
 mod autodiff;
 pub mod cpu;
+mod cube;
 mod flex;
 
 use std::any::{Any, TypeId};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
@@ -53,6 +57,13 @@ pub fn multi_head_attention<B: Backend>(
     num_heads: usize,
     bias: Option<Tensor<B, 3>>,
 ) -> Tensor<B, 3> {
+    if attention_kernels() == AttentionKernels::Unfused {
+        return unfused_attention(qkv, num_heads, bias);
+    }
+    let (qkv, bias) = match cube::multi_head_attention(qkv, num_heads, bias) {
+        Ok(out) => return out,
+        Err(given) => given,
+    };
     match (on_cpu(qkv), bias) {
         (Cpu::Flex(qkv), bias) => {
             let bias = bias.map(unwrap::<B, 3, FlexTensor>);
@@ -60,8 +71,65 @@ pub fn multi_head_attention<B: Backend>(
         }
         // The student's attention; a trained bias would need a gradient of its own.
         (Cpu::AutodiffFlex(qkv), None) => wrap(autodiff::attention(qkv, num_heads)),
-        (Cpu::AutodiffFlex(qkv), bias) => unfused(wrap(qkv), num_heads, bias),
-        (Cpu::Other(qkv), bias) => unfused(qkv, num_heads, bias),
+        (Cpu::AutodiffFlex(qkv), bias) => unfused_attention(wrap(qkv), num_heads, bias),
+        (Cpu::Other(qkv), bias) => unfused_attention(qkv, num_heads, bias),
+    }
+}
+
+/// What computes `multi_head_attention` for some projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionRoute {
+    /// kdlab's CubeCL kernels, on CUDA and WGPU (`cube`).
+    CubeCl,
+    /// kdlab's CPU kernel (`cpu`).
+    Cpu,
+    /// burn's attention operation (`unfused_attention`).
+    Burn,
+}
+
+/// Which implementation `multi_head_attention` takes for these arguments, without running it.
+pub fn attention_route<B: Backend>(
+    qkv: &Tensor<B, 3>,
+    num_heads: usize,
+    bias: Option<&Tensor<B, 3>>,
+) -> AttentionRoute {
+    let backend = TypeId::of::<B>();
+    let f32_cpu = qkv.dtype() == DType::F32
+        && (backend == TypeId::of::<Flex>()
+            || (backend == TypeId::of::<Autodiff<Flex>>() && bias.is_none()));
+    if attention_kernels() == AttentionKernels::Unfused {
+        AttentionRoute::Burn
+    } else if cube::covers(qkv, num_heads, bias) {
+        AttentionRoute::CubeCl
+    } else if f32_cpu {
+        AttentionRoute::Cpu
+    } else {
+        AttentionRoute::Burn
+    }
+}
+
+/// Which attention `multi_head_attention` runs: kdlab's fused kernels where they cover the
+/// backend (the default), or burn's attention operation everywhere, for comparing the two
+/// (`kdlab bench --attention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionKernels {
+    Fused,
+    Unfused,
+}
+
+static UNFUSED_ATTENTION: AtomicBool = AtomicBool::new(false);
+
+/// Chooses the attention of every model in this process from now on.
+pub fn set_attention_kernels(kernels: AttentionKernels) {
+    UNFUSED_ATTENTION.store(kernels == AttentionKernels::Unfused, Ordering::Relaxed);
+}
+
+pub fn attention_kernels() -> AttentionKernels {
+    if UNFUSED_ATTENTION.load(Ordering::Relaxed) {
+        AttentionKernels::Unfused
+    } else {
+        AttentionKernels::Fused
     }
 }
 
@@ -107,9 +175,11 @@ pub fn adamw<B: Backend>(
     Ok(updated.map(wrap))
 }
 
-/// burn's attention operation (fused on CUDA and WGPU) on split heads; in a half type, the
-/// products in it and the softmax in f32 (`half_attention`).
-fn unfused<B: Backend>(
+/// `multi_head_attention` by burn's operations on split heads: its attention operation in f32
+/// (under autodiff, and on CUDA and WGPU whenever a bias is given, matmul → softmax → matmul);
+/// in a half type, the products in it and the softmax in f32 (`half_attention`). What the fused
+/// kernels are tested against.
+pub fn unfused_attention<B: Backend>(
     qkv: Tensor<B, 3>,
     num_heads: usize,
     bias: Option<Tensor<B, 3>>,

@@ -18,8 +18,15 @@
 //! of each; `out` and `grad_out` `[B, T, D]`; `bias` `[H, T, T]`; `lse` and `delta` `[B, H, T]`.
 //! All contiguous. −10³⁰ stands in for −∞ (WGSL has no infinite literal).
 
-// The launch functions take every tensor and size the kernels read.
-#![allow(clippy::too_many_arguments)]
+// The launch functions take every tensor and size the kernels read. `#[cube]` translates a
+// subset of Rust, so the code keeps to forms it is known to translate (`(a + b - 1) / b` rather
+// than `div_ceil`), and the comptime `if has_bias` stays a branch of its own, resolved when the
+// kernel is compiled, rather than joining a runtime condition.
+#![allow(
+    clippy::too_many_arguments,
+    clippy::manual_div_ceil,
+    clippy::collapsible_if
+)]
 
 use cubecl::prelude::*;
 

@@ -57,22 +57,21 @@ pub fn multi_head_attention<B: Backend>(
     num_heads: usize,
     bias: Option<Tensor<B, 3>>,
 ) -> Tensor<B, 3> {
-    if attention_kernels() == AttentionKernels::Unfused {
-        return unfused_attention(qkv, num_heads, bias);
-    }
-    let (qkv, bias) = match cube::multi_head_attention(qkv, num_heads, bias) {
-        Ok(out) => return out,
-        Err(given) => given,
-    };
-    match (on_cpu(qkv), bias) {
-        (Cpu::Flex(qkv), bias) => {
-            let bias = bias.map(unwrap::<B, 3, FlexTensor>);
-            wrap(flex::attention(&qkv, num_heads, bias.as_ref(), false).0)
-        }
-        // The student's attention; a trained bias would need a gradient of its own.
-        (Cpu::AutodiffFlex(qkv), None) => wrap(autodiff::attention(qkv, num_heads)),
-        (Cpu::AutodiffFlex(qkv), bias) => unfused_attention(wrap(qkv), num_heads, bias),
-        (Cpu::Other(qkv), bias) => unfused_attention(qkv, num_heads, bias),
+    // One decision, the one `attention_route` reports.
+    match attention_route(&qkv, num_heads, bias.as_ref()) {
+        AttentionRoute::CubeCl => cube::multi_head_attention(qkv, num_heads, bias)
+            .unwrap_or_else(|(qkv, bias)| unfused_attention(qkv, num_heads, bias)),
+        AttentionRoute::Cpu => match on_cpu(qkv) {
+            Cpu::Flex(qkv) => {
+                let bias = bias.map(unwrap::<B, 3, FlexTensor>);
+                wrap(flex::attention(&qkv, num_heads, bias.as_ref(), false).0)
+            }
+            // The route sends autodiff with a bias to burn: a trained bias would need a
+            // gradient of its own.
+            Cpu::AutodiffFlex(qkv) => wrap(autodiff::attention(qkv, num_heads)),
+            Cpu::Other(qkv) => unfused_attention(qkv, num_heads, bias),
+        },
+        AttentionRoute::Burn => unfused_attention(qkv, num_heads, bias),
     }
 }
 

@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::backend::{BackendChoice, Selected};
-use crate::bench::{BenchReport, BenchSettings, bench, full_size_config};
-use crate::config::Precision;
-use crate::kernels::AttentionKernels;
+use kdlab_engine::backend::{BackendChoice, Selected};
+use kdlab_engine::bench::{BenchReport, BenchSettings, bench, full_size_config};
+use kdlab_engine::config::Precision;
+use kdlab_kernels::AttentionKernels;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {

@@ -7,13 +7,13 @@ use std::process::ExitCode;
 use anyhow::bail;
 
 use super::Progress;
-use crate::backend::BackendChoice;
-use crate::eval::report::{json_summary, table};
-use crate::eval::{
+use kdlab_engine::backend::BackendChoice;
+use kdlab_engine::eval::report::{json_summary, table};
+use kdlab_engine::eval::{
     DatasetKind, EvalConfig, EvalEvent, EvalRequest, Method, ModelSpec, Pooling, evaluate,
     results_dir,
 };
-use crate::session::{EngineError, RunDir};
+use kdlab_engine::session::{EngineError, RunDir};
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("model").required(true).args(["checkpoint", "weights"])))]

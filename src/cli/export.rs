@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use anyhow::bail;
 use burn::backend::Flex;
 
-use crate::backend::Selected;
-use crate::distill::checkpoint::{kdlab_metadata, student_tensors};
-use crate::model::BlockSelection;
-use crate::session::{RunDir, Session};
-use crate::weights::write::write_f32_tensors;
-use crate::weights::{Architecture, Checkpoint};
+use kdlab_engine::backend::Selected;
+use kdlab_engine::distill::checkpoint::{kdlab_metadata, student_tensors};
+use kdlab_engine::session::{RunDir, Session};
+use kdlab_model::model::BlockSelection;
+use kdlab_model::weights::write::write_f32_tensors;
+use kdlab_model::weights::{Architecture, Checkpoint};
 
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {

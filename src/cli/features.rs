@@ -2,19 +2,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
 use anyhow::{Context, bail};
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::TensorData;
 
-use crate::backend::BackendChoice;
-use crate::data::image_file::DecodeLimits;
-use crate::data::{decode_rgb, validation_transform};
-use crate::model::BlockSelection;
-use crate::session::on_backend;
-use crate::target::prepare_target;
-use crate::weights::{Architecture, Checkpoint};
+use kdlab_engine::backend::BackendChoice;
+use kdlab_engine::data::image_file::DecodeLimits;
+use kdlab_engine::data::{decode_rgb, validation_transform};
+use kdlab_engine::features::{Features, features};
+use kdlab_model::model::BlockSelection;
+use kdlab_model::weights::{Architecture, Checkpoint};
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["input", "image"])))]
@@ -60,10 +57,18 @@ pub fn run(args: FeaturesArgs, backend: BackendChoice) -> anyhow::Result<ExitCod
     }
     let selection = args.depth.map(BlockSelection::FirstMain);
     let session = super::open_session(backend)?;
-    let outputs = on_backend!(&session, None, |B, device| {
-        features::<<B as AutodiffBackend>::InnerBackend>(&checkpoint, selection, images, &device)
-    })?;
-    crate::weights::write::write_f32_tensors(&args.out, &outputs, None)
+    let Features {
+        tensors: outputs,
+        images: batch,
+        load_secs,
+        forward_secs,
+    } = features(&session, &checkpoint, selection, images)?;
+    eprintln!(
+        "kdlab: weights loaded in {load_secs:.2} s; forward + target of {batch} images in {:.0} ms ({:.1} ms/image)",
+        forward_secs * 1e3,
+        forward_secs * 1e3 / batch as f64
+    );
+    kdlab_model::weights::write::write_f32_tensors(&args.out, &outputs, None)
         .with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!(
         "kdlab: wrote {} tensors to {}",
@@ -71,38 +76,4 @@ pub fn run(args: FeaturesArgs, backend: BackendChoice) -> anyhow::Result<ExitCod
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// Every layer result, the final hidden state and the target of `images`, as f32.
-fn features<B: Backend>(
-    checkpoint: &Checkpoint,
-    selection: Option<BlockSelection>,
-    images: TensorData,
-    device: &B::Device,
-) -> anyhow::Result<Vec<(String, TensorData)>> {
-    let started = Instant::now();
-    let encoder = checkpoint.load_encoder::<B>(selection, device)?;
-    let images = Tensor::from_data(images, device);
-    let batch = images.dims()[0];
-    B::sync(device)?;
-    let loaded = Instant::now();
-    let output = encoder.forward(images);
-    let target = prepare_target(&output.layer_results);
-    let f32_data = |t: Tensor<B, 3>| t.cast(DType::F32).into_data();
-    let mut tensors: Vec<(String, TensorData)> = output
-        .layer_results
-        .into_iter()
-        .enumerate()
-        .map(|(i, layer)| (format!("layer.{i}"), f32_data(layer)))
-        .collect();
-    tensors.push(("final".into(), f32_data(output.last_hidden)));
-    tensors.push(("target".into(), f32_data(target)));
-    let forward_secs = loaded.elapsed().as_secs_f64();
-    eprintln!(
-        "kdlab: weights loaded in {:.2} s; forward + target of {batch} images in {:.0} ms ({:.1} ms/image)",
-        (loaded - started).as_secs_f64(),
-        forward_secs * 1e3,
-        forward_secs * 1e3 / batch as f64
-    );
-    Ok(tensors)
 }

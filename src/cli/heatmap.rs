@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::backend::BackendChoice;
-use crate::inspect::{HeatmapRequest, Metric, render::format_value, write_heatmaps};
-use crate::session::RunDir;
+use kdlab_engine::backend::BackendChoice;
+use kdlab_engine::inspect::{HeatmapRequest, Metric, render::format_value, write_heatmaps};
+use kdlab_engine::session::RunDir;
 
 #[derive(Debug, clap::Args)]
 pub struct HeatmapArgs {

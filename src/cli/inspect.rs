@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use crate::backend::Selected;
-use crate::session::Session;
-use crate::weights::{Architecture, Checkpoint, LoadPlan};
+use kdlab_engine::backend::Selected;
+use kdlab_engine::session::Session;
+use kdlab_model::weights::{Architecture, Checkpoint, LoadPlan};
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {

@@ -18,10 +18,10 @@ use clap::{ArgAction, CommandFactory, Parser, Subcommand};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::BackendChoice;
-use crate::config::{ConfigError, RunConfig};
-use crate::overrides::{ConfigOverride, apply_overrides, mark_overridden};
-use crate::session::Session;
+use kdlab_engine::backend::BackendChoice;
+use kdlab_engine::config::{ConfigError, RunConfig};
+use kdlab_engine::overrides::{ConfigOverride, apply_overrides, mark_overridden};
+use kdlab_engine::session::Session;
 
 /// Distil a BEiT v2 teacher into a data2vec 2.0 student on burn, and see per patch where the
 /// student matches the teacher.
@@ -44,7 +44,7 @@ pub struct Cli {
 pub enum Command {
     /// Open the desktop app (what `kdlab` with no command does), optionally with a config, a
     /// panel and the run already started.
-    App(crate::app::AppArgs),
+    App(kdlab_app::AppArgs),
     /// Distil the teacher into the student as a config describes; writes a run directory.
     Train(train::TrainArgs),
     /// Run one model on a batch and write every layer result, the final hidden state and the
@@ -73,11 +73,11 @@ pub fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         None => {
-            crate::app::run_app(crate::app::AppArgs::default(), cli.backend)?;
+            kdlab_app::run_app(kdlab_app::AppArgs::default(), cli.backend)?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::App(args)) => {
-            crate::app::run_app(args, cli.backend)?;
+            kdlab_app::run_app(args, cli.backend)?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Features(args)) => features::run(args, cli.backend),

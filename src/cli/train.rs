@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use anyhow::bail;
 
 use super::Progress;
-use crate::backend::BackendChoice;
-use crate::config::{Devices, RunConfig};
-use crate::distill::{
+use kdlab_engine::backend::BackendChoice;
+use kdlab_engine::config::{Devices, RunConfig};
+use kdlab_engine::distill::{
     Event, Outcome, ParallelOverrides, RunStart, TrainControl, TrainRequest, train,
 };
-use crate::session::RunDir;
+use kdlab_engine::session::RunDir;
 
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {

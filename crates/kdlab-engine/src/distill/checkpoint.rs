@@ -1,0 +1,195 @@
+//! Run checkpoints: one safetensors file holding the student (data2vec 2.0 key names, so it is
+//! also a loadable student), the AdamW moments (`optim.exp_avg.<key>`, `optim.exp_avg_sq.<key>`)
+//! and, in the metadata, the architecture and the training state. Written to a temporary file and
+//! renamed, so a crash never leaves a half-written checkpoint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorData};
+use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
+use serde::{Deserialize, Serialize};
+
+use super::window::WindowState;
+use kdlab_model::model::Data2Vec2;
+use kdlab_model::optim::{AdamW, GradScaler, Moments};
+use kdlab_model::weights::Architecture;
+use kdlab_model::weights::layout::{
+    KDLAB_ARCHITECTURE_KEY, KDLAB_FORMAT, KDLAB_FORMAT_KEY, fairseq_name, kdlab_path_of_fairseq,
+};
+use kdlab_model::weights::write::write_f32_tensors;
+
+pub const TRAIN_STATE_KEY: &str = "kdlab.train_state";
+pub const CONFIG_KEY: &str = "kdlab.config";
+const EXP_AVG: &str = "optim.exp_avg.";
+const EXP_AVG_SQ: &str = "optim.exp_avg_sq.";
+
+/// Where training stands; with the seed, this fixes the data order and augmentation to come.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimiser steps done.
+    pub step: usize,
+    pub epoch: usize,
+    /// Micro-batches of `epoch` already consumed.
+    pub batch_in_epoch: usize,
+    pub best_val_loss: Option<f64>,
+    /// AdamW's per-parameter step counts (by fairseq key).
+    pub optim_steps: BTreeMap<String, u64>,
+    /// The losses since the last metrics line, so that a resumed run logs the same means as
+    /// one that never stopped (absent in checkpoints of kdlab before 0.1.1: an empty window).
+    #[serde(default)]
+    pub loss_window: LossWindowState,
+    /// The `[target_var, pred_var]` and gradient-norm windows, for the same reason (absent
+    /// before kdlab 0.1.2: empty windows).
+    #[serde(default, skip_serializing_if = "WindowState::is_empty")]
+    pub spread_window: WindowState,
+    #[serde(default, skip_serializing_if = "WindowState::is_empty")]
+    pub grad_norm_window: WindowState,
+    /// f16's loss scale (absent in other precisions and in checkpoints written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_scaler: Option<GradScaler>,
+}
+
+impl TrainState {
+    /// Nothing done yet.
+    pub fn start() -> Self {
+        Self {
+            step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            best_val_loss: None,
+            optim_steps: BTreeMap::new(),
+            loss_window: LossWindowState::default(),
+            spread_window: WindowState::default(),
+            grad_norm_window: WindowState::default(),
+            grad_scaler: None,
+        }
+    }
+}
+
+/// The sum (an f32, as the device summed it) and count of the losses since the last line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LossWindowState {
+    pub sum: f64,
+    pub count: usize,
+}
+
+impl From<LossWindowState> for WindowState {
+    fn from(loss: LossWindowState) -> Self {
+        Self {
+            sums: vec![loss.sum],
+            count: loss.count,
+        }
+    }
+}
+
+impl From<WindowState> for LossWindowState {
+    fn from(window: WindowState) -> Self {
+        Self {
+            sum: window.sums.first().copied().unwrap_or(0.0),
+            count: window.count,
+        }
+    }
+}
+
+/// The student's tensors under fairseq names, f32.
+pub fn student_tensors<B: Backend>(student: &Data2Vec2<B>) -> Vec<(String, TensorData)> {
+    student
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
+        .into_iter()
+        .filter_map(|s| {
+            let data = s.to_data().ok()?.convert_dtype(DType::F32);
+            Some((fairseq_name(&s.full_path()), data))
+        })
+        .collect()
+}
+
+/// The metadata that makes a safetensors file a kdlab file of `architecture`.
+pub fn kdlab_metadata(architecture: &Architecture) -> anyhow::Result<HashMap<String, String>> {
+    Ok(HashMap::from([
+        (KDLAB_FORMAT_KEY.to_string(), KDLAB_FORMAT.to_string()),
+        (
+            KDLAB_ARCHITECTURE_KEY.to_string(),
+            serde_json::to_string(architecture).context("the architecture as JSON")?,
+        ),
+    ]))
+}
+
+/// Writes the student, its optimiser moments and the state.
+pub fn save<B: Backend>(
+    path: &Path,
+    student: &Data2Vec2<B>,
+    architecture: &Architecture,
+    optimizer: &AdamW<B>,
+    state: &TrainState,
+    config_ron: &str,
+) -> anyhow::Result<()> {
+    let mut tensors = student_tensors(student);
+    let mut state = state.clone();
+    state.optim_steps.clear();
+    for (path, m) in &optimizer.state {
+        let key = fairseq_name(path);
+        tensors.push((format!("{EXP_AVG}{key}"), m.exp_avg.to_data()));
+        tensors.push((format!("{EXP_AVG_SQ}{key}"), m.exp_avg_sq.to_data()));
+        state.optim_steps.insert(key, m.step);
+    }
+    let mut metadata = kdlab_metadata(architecture)?;
+    metadata.insert(TRAIN_STATE_KEY.into(), serde_json::to_string(&state)?);
+    metadata.insert(CONFIG_KEY.into(), config_ron.to_string());
+    write_f32_tensors(path, &tensors, Some(metadata))
+}
+
+/// The training state and the optimiser moments of a checkpoint (its student loads through
+/// `weights::Checkpoint` like any kdlab file).
+pub fn load_training_state<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+) -> anyhow::Result<(TrainState, HashMap<String, Moments<B>>)> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .with_context(|| format!("{} is not a kdlab checkpoint", path.display()))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes)?;
+    let Some(state_json) = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(TRAIN_STATE_KEY))
+        .cloned()
+    else {
+        bail!(
+            "{} holds no training state (an exported student cannot be resumed)",
+            path.display()
+        );
+    };
+    let state: TrainState = serde_json::from_str(&state_json)
+        .with_context(|| format!("{}: invalid {TRAIN_STATE_KEY}", path.display()))?;
+    let tensor = |name: &str| -> anyhow::Result<Tensor<B, 1>> {
+        let view = file
+            .tensor(name)
+            .with_context(|| format!("{}: missing optimiser tensor '{name}'", path.display()))?;
+        anyhow::ensure!(
+            view.dtype() == safetensors::Dtype::F32,
+            "{}: optimiser tensor '{name}' is {:?}, not F32",
+            path.display(),
+            view.dtype()
+        );
+        let n = view.shape().iter().product::<usize>();
+        let data = TensorData::from_bytes_vec(view.data().to_vec(), vec![n], DType::F32);
+        Ok(Tensor::from_data(data, device))
+    };
+    let mut moments = HashMap::new();
+    for (key, step) in &state.optim_steps {
+        let path_in_model = kdlab_path_of_fairseq(key).unwrap_or_else(|| key.clone());
+        moments.insert(
+            path_in_model,
+            Moments {
+                exp_avg: tensor(&format!("{EXP_AVG}{key}"))?,
+                exp_avg_sq: tensor(&format!("{EXP_AVG_SQ}{key}"))?,
+                step: *step,
+            },
+        );
+    }
+    Ok((state, moments))
+}

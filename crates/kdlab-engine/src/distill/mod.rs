@@ -1,13 +1,19 @@
 //! The distillation: a run from its request to its outcome. `train` checks everything it can
 //! before a tensor exists (the config, the weights files against it, the data against the
 //! batch), opens or creates the run directory, then runs the `Trainer` on the session's backend.
+//!
+//! The `Trainer` (`trainer`) is the loop; the devices a step spans are its `Replicas`
+//! (`replicas`): its own device alone, or every device of a data-parallel run (`parallel`).
+//! Both compute a batch with `kd_step`, the KD forward/backward the bench measures too.
 
 pub mod checkpoint;
 pub mod collapse;
 pub mod data;
 pub mod events;
+mod kd_step;
 pub mod parallel;
 pub mod probe;
+mod replicas;
 mod trainer;
 pub mod validation;
 pub mod window;
@@ -18,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use data::TrainingData;
 pub use events::{Event, NonFiniteLoss, Outcome};
-pub use trainer::{KdStep, kd_backward, student_backward};
+pub use kd_step::{KdStep, kd_backward, student_backward};
 
 use crate::backend::Selected;
 use crate::config::{ConfigError, Devices, ParallelConfig, RunConfig};

@@ -93,3 +93,30 @@ impl<B: Backend> DeviceWindow<B> {
         }
     }
 }
+
+/// A run's windows since its last metrics line: what the line's means come from, and what a
+/// checkpoint keeps so that a resumed run logs the lines an uninterrupted one does.
+pub(super) struct MetricWindows<B: Backend> {
+    /// The loss of each micro-batch.
+    pub(super) loss: DeviceWindow<B>,
+    /// `[target_var, pred_var]` of each micro-batch.
+    pub(super) spreads: DeviceWindow<B>,
+    /// The gradient norm of each applied step.
+    pub(super) grad_norms: DeviceWindow<B>,
+}
+
+impl<B: Backend> MetricWindows<B> {
+    /// The windows a checkpoint saved (empty ones for a fresh run).
+    pub(super) fn restore(
+        loss: &WindowState,
+        spreads: &WindowState,
+        grad_norms: &WindowState,
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            loss: DeviceWindow::restore(1, loss, device),
+            spreads: DeviceWindow::restore(2, spreads, device),
+            grad_norms: DeviceWindow::restore(1, grad_norms, device),
+        }
+    }
+}

@@ -3,9 +3,10 @@
 //! the frozen teacher per device, each computing a disjoint shard of every batch; gradients
 //! summed over all devices before the identical AdamW step on every replica.
 //!
-//! The run's trainer (`distill::Trainer`) keeps device 0 of its node; `Peers` holds the rest:
-//! a follower thread per other device (`replica`), the exchange (`exchange`), and the health
-//! of the run (`health`: the first failure, the watchdog). The one-device run never comes here.
+//! The run's trainer (`distill::Trainer`) keeps device 0 of its node and drives `Peers` as its
+//! `Replicas`, as a one-device run drives `OneDevice`; `Peers` holds the rest: a follower
+//! thread per other device (`replica`), the exchange (`exchange`), and the health of the run
+//! (`health`: the first failure, the watchdog). A one-device run never starts them.
 
 pub mod cluster;
 pub mod exchange;
@@ -32,11 +33,15 @@ pub use world::{World, peer_devices};
 use crate::backend::Selected;
 use crate::config::{RunConfig, coordinator_port};
 use crate::data::ImageFolder;
+use crate::data::loader::Part;
+use crate::distill::TrainControl;
+use crate::distill::replicas::Replicas;
 use crate::distill::validation::{LossSum, validation_sum};
+use crate::distill::window::MetricWindows;
 use crate::session::device_threads::{JobHandle, Lane, run_on};
 use kdlab_model::guard::quietly_catch;
 use kdlab_model::model::{BeitV2, Data2Vec2};
-use kdlab_model::optim::{AdamW, Moments, StudentOptimizer};
+use kdlab_model::optim::{AdamW, Moments, StepOutcome, StudentOptimizer};
 use replica::{Command, Replica, Reply};
 
 /// burn-collective's local server is one per backend and process: one data-parallel run at a
@@ -61,6 +66,12 @@ pub struct Peers<B: AutodiffBackend> {
     watchdog: Option<std::thread::JoinHandle<()>>,
     /// The models' input side (pixels per image: 3 × size²).
     size: usize,
+    /// This node's part of a batch when no file is missing (batch / nodes).
+    nominal_len: usize,
+    /// This node's stop request, sent to every trainer at each exchange.
+    control: TrainControl,
+    /// A stop all trainers agreed on at the last exchange (Ctrl-C on any node).
+    stop_agreed: bool,
     finished: bool,
     _one_run: MutexGuard<'static, ()>,
 }
@@ -78,11 +89,13 @@ pub struct Origin<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> Peers<B> {
     /// Starts the followers on `devices[1..]` (copies of the trainer's replica), the
     /// coordinator on node 0 of a multi-node run, the watchdog, and joins the collective.
+    /// `control` is this node's: its stop request goes to every trainer at each exchange.
     pub fn start(
         world: World,
         selected: &Selected,
         devices: &[B::Device],
         origin: Origin<'_, B>,
+        control: TrainControl,
     ) -> anyhow::Result<Self> {
         let one_run = ONE_RUN.lock().unwrap_or_else(|p| p.into_inner());
         let collective = world.collective_config()?;
@@ -133,6 +146,7 @@ impl<B: AutodiffBackend> Peers<B> {
             });
         }
         let exchange = exchange_on(0);
+        let nominal_len = origin.config.optim.batch_size / world.nodes;
         let peers = Self {
             world,
             exchange,
@@ -142,6 +156,9 @@ impl<B: AutodiffBackend> Peers<B> {
             health,
             watchdog: Some(watchdog),
             size: origin.size,
+            nominal_len,
+            control,
+            stop_agreed: false,
             finished: false,
             _one_run: one_run,
         };
@@ -161,99 +178,6 @@ impl<B: AutodiffBackend> Peers<B> {
     /// This node's devices' names ("cuda:1"), for the log.
     pub fn names(&self) -> &[String] {
         &self.names
-    }
-
-    /// Splits this node's part of a micro-batch over its devices: the followers start on
-    /// theirs at once, then the trainer's device computes its own.
-    pub fn accumulate(
-        &mut self,
-        teacher: &BeitV2<B::InnerBackend>,
-        student: &Data2Vec2<B>,
-        pixels: Vec<f32>,
-        len: usize,
-        nominal_len: usize,
-        loss_scale: f64,
-    ) -> anyhow::Result<()> {
-        let size = self.size;
-        let per_image = 3 * size * size;
-        let local_devices = self.world.local_devices();
-        // Each shard's weight: its images over the nominal shard (batch / world size).
-        let nominal_shard = (nominal_len as f64 / local_devices as f64).max(1.0);
-        let shard = |local: usize| {
-            let range = self.world.device_part(local).of(0..len);
-            let pixels = pixels[range.start * per_image..range.end * per_image].to_vec();
-            (pixels, range.len(), range.len() as f64 / nominal_shard)
-        };
-        for local in 1..local_devices {
-            let (pixels, len, weight) = shard(local);
-            let command = Command::Accumulate {
-                pixels,
-                len,
-                weight,
-                loss_scale,
-            };
-            self.send(local - 1, command)?;
-        }
-        let (shard, shard_len, weight) = shard(0);
-        let device = self.exchange.device.clone();
-        let images = (shard_len > 0).then(|| {
-            Tensor::from_data(TensorData::new(shard, [shard_len, 3, size, size]), &device)
-        });
-        self.step
-            .add(teacher, student, images, weight, loss_scale, &device);
-        Ok(())
-    }
-
-    /// The exchange and the optimiser step on every device; what the run's step did.
-    pub fn step(
-        &mut self,
-        optimizer: &mut StudentOptimizer<B::InnerBackend>,
-        student: Data2Vec2<B>,
-        lr: f64,
-        stop: bool,
-    ) -> anyhow::Result<(Data2Vec2<B>, StepReport)> {
-        self.broadcast(|| Command::Step { lr })?;
-        let stepped = self.step.step(&self.exchange, optimizer, student, lr, stop);
-        let (student, report) = stepped.map_err(|e| self.failed(e))?;
-        for reply in self.replies()? {
-            if !matches!(reply, Reply::Stepped) {
-                return Err(self.failed(ExchangeError::Cancelled));
-            }
-        }
-        Ok((student, report))
-    }
-
-    /// The validation loss over all devices (each takes its shard of the folder), and the
-    /// files this node could not read.
-    pub fn validate(
-        &mut self,
-        config: &RunConfig,
-        teacher: &BeitV2<B::InnerBackend>,
-        student: &Data2Vec2<B>,
-        folder: &Arc<ImageFolder>,
-        size: usize,
-    ) -> anyhow::Result<(f64, Vec<(PathBuf, String)>)> {
-        self.broadcast(|| Command::Validate)?;
-        let batch = (config.optim.batch_size / self.world.size()).max(1);
-        let part = self.world.global_part(0);
-        let (own, mut skipped) =
-            validation_sum(config, teacher, &student.valid(), folder, size, part, batch)
-                .inspect_err(|e| self.health.fail(format!("{}: {e:#}", self.names[0])))?;
-        let summed = self
-            .exchange
-            .sum_numbers(&[own.total as f32, own.images as f32])
-            .map_err(|e| self.failed(e))?;
-        for reply in self.replies()? {
-            match reply {
-                Reply::Validated { skipped: theirs } => skipped.extend(theirs),
-                Reply::Stepped => return Err(self.failed(ExchangeError::Cancelled)),
-            }
-        }
-        let sum = LossSum {
-            total: summed.first().copied().unwrap_or(0.0) as f64,
-            images: summed.get(1).copied().unwrap_or(0.0) as usize,
-        };
-        Ok((sum.mean(folder)?, skipped))
     }
 
     fn broadcast(&self, command: impl Fn() -> Command) -> anyhow::Result<()> {
@@ -294,9 +218,134 @@ impl<B: AutodiffBackend> Peers<B> {
             self.health.failure().unwrap_or_else(|| error.to_string())
         )
     }
+}
 
-    /// The end of a run that completed (or stopped) normally.
-    pub fn finish(mut self) {
+/// The data-parallel shape of a training step: this node's part of every batch spread over its
+/// devices, the gradients summed over the run's, and the run's numbers (losses, spreads, the
+/// stop) as the exchange summed them, so all nodes decide alike.
+impl<B: AutodiffBackend> Replicas<B> for Peers<B> {
+    fn part(&self) -> Part {
+        self.world.node_part()
+    }
+
+    /// Splits this node's part of a micro-batch over its devices: the followers start on
+    /// theirs at once, then the trainer's device computes its own. Its losses reach the
+    /// windows with the step, once the exchange has summed them.
+    fn accumulate(
+        &mut self,
+        teacher: &BeitV2<B::InnerBackend>,
+        student: &Data2Vec2<B>,
+        pixels: Vec<f32>,
+        len: usize,
+        loss_scale: f64,
+        _windows: &mut MetricWindows<B::InnerBackend>,
+    ) -> anyhow::Result<usize> {
+        // No 1/grad_accum_steps here: the exchange divides by the summed shard weights,
+        // which count the micro-batches too.
+        let nominal_len = self.nominal_len;
+        let size = self.size;
+        let per_image = 3 * size * size;
+        let local_devices = self.world.local_devices();
+        // Each shard's weight: its images over the nominal shard (batch / world size).
+        let nominal_shard = (nominal_len as f64 / local_devices as f64).max(1.0);
+        let shard = |local: usize| {
+            let range = self.world.device_part(local).of(0..len);
+            let pixels = pixels[range.start * per_image..range.end * per_image].to_vec();
+            (pixels, range.len(), range.len() as f64 / nominal_shard)
+        };
+        for local in 1..local_devices {
+            let (pixels, len, weight) = shard(local);
+            let command = Command::Accumulate {
+                pixels,
+                len,
+                weight,
+                loss_scale,
+            };
+            self.send(local - 1, command)?;
+        }
+        let (shard, shard_len, weight) = shard(0);
+        let device = self.exchange.device.clone();
+        let images = (shard_len > 0).then(|| {
+            Tensor::from_data(TensorData::new(shard, [shard_len, 3, size, size]), &device)
+        });
+        self.step
+            .add(teacher, student, images, weight, loss_scale, &device);
+        // Every node takes an equal part: the run's images are this node's times the nodes.
+        Ok(len * self.world.nodes)
+    }
+
+    /// The exchange and the optimiser step on every device; the run's losses and spreads of
+    /// the step's micro-batches go into the windows, and the stop agreed on is kept.
+    fn step(
+        &mut self,
+        optimizer: &mut StudentOptimizer<B::InnerBackend>,
+        student: Data2Vec2<B>,
+        lr: f64,
+        windows: &mut MetricWindows<B::InnerBackend>,
+    ) -> anyhow::Result<(Data2Vec2<B>, StepOutcome)> {
+        let stop = self.control.stop_requested();
+        self.broadcast(|| Command::Step { lr })?;
+        let stepped = self.step.step(&self.exchange, optimizer, student, lr, stop);
+        let (student, report) = stepped.map_err(|e| self.failed(e))?;
+        for reply in self.replies()? {
+            if !matches!(reply, Reply::Stepped) {
+                return Err(self.failed(ExchangeError::Cancelled));
+            }
+        }
+        let device = &self.exchange.device;
+        for loss in report.losses {
+            windows.loss.add(Tensor::from_floats([loss as f32], device));
+        }
+        for [target_var, pred_var] in report.spreads {
+            let pair = [target_var as f32, pred_var as f32];
+            windows.spreads.add(Tensor::from_floats(pair, device));
+        }
+        self.stop_agreed = report.stop;
+        Ok((student, report.outcome))
+    }
+
+    /// The validation loss over all devices (each takes its shard of the folder), and the
+    /// files this node could not read.
+    fn validate(
+        &mut self,
+        config: &RunConfig,
+        teacher: &BeitV2<B::InnerBackend>,
+        student: &Data2Vec2<B>,
+        folder: &Arc<ImageFolder>,
+        size: usize,
+    ) -> anyhow::Result<(f64, Vec<(PathBuf, String)>)> {
+        self.broadcast(|| Command::Validate)?;
+        let batch = (config.optim.batch_size / self.world.size()).max(1);
+        let part = self.world.global_part(0);
+        let (own, mut skipped) =
+            validation_sum(config, teacher, &student.valid(), folder, size, part, batch)
+                .inspect_err(|e| self.health.fail(format!("{}: {e:#}", self.names[0])))?;
+        let summed = self
+            .exchange
+            .sum_numbers(&[own.total as f32, own.images as f32])
+            .map_err(|e| self.failed(e))?;
+        for reply in self.replies()? {
+            match reply {
+                Reply::Validated { skipped: theirs } => skipped.extend(theirs),
+                Reply::Stepped => return Err(self.failed(ExchangeError::Cancelled)),
+            }
+        }
+        let sum = LossSum {
+            total: summed.first().copied().unwrap_or(0.0) as f64,
+            images: summed.get(1).copied().unwrap_or(0.0) as usize,
+        };
+        Ok((sum.mean(folder)?, skipped))
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop_agreed
+    }
+
+    fn parallel(&self) -> Option<(usize, usize, usize)> {
+        Some((self.world.node_rank, self.world.nodes, self.world.size()))
+    }
+
+    fn finish(mut self: Box<Self>) {
         self.finished = true;
     }
 }

@@ -14,7 +14,7 @@ use burn::tensor::backend::AutodiffBackend;
 
 use super::exchange::{Exchange, ExchangeError};
 use crate::distill::collapse::spread;
-use crate::distill::kd_backward;
+use crate::distill::kd_step::kd_backward;
 use kdlab_model::model::{BeitV2, Data2Vec2};
 use kdlab_model::optim::{StepOutcome, StudentOptimizer};
 

@@ -45,7 +45,8 @@ impl World {
         self.nodes * self.local_devices()
     }
 
-    /// Whether more than one device takes part (else the plain one-device loop runs).
+    /// Whether more than one device takes part (else the plain one-device loop runs:
+    /// `OneDevice`, no `Peers`).
     pub fn is_parallel(&self) -> bool {
         self.size() > 1
     }

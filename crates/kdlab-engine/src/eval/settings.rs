@@ -236,7 +236,8 @@ mod tests {
 
     #[test]
     fn the_example_configs_load() {
-        let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        // The repository's configs/, two folders above this crate.
+        let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
         let cifar10 = EvalConfig::load(&configs.join("eval_cifar10_linear.ron")).unwrap();
         assert_eq!(cifar10.dataset, DatasetKind::Cifar10);
         assert_eq!(cifar10.pooling, Pooling::MeanPatch);

@@ -162,7 +162,7 @@ mod tests {
 
     #[test]
     fn a_picture_over_the_limit_is_refused_before_decoding() {
-        // The 30000×30000 bomb itself is in tests/image_limits.rs.
+        // The 30000×30000 bomb itself is in the engine suite (tests/engine/image_limits.rs).
         let dir = tempfile::tempdir().unwrap();
         let small = dir.path().join("small.png");
         image::GrayImage::new(20, 20).save(&small).unwrap();

@@ -3,7 +3,7 @@
 //! kdlab's CPU kernel: the teacher's forward with its relative position bias, the student's
 //! forward and gradients, on odd shapes; and f16 where the adapter has it (lavapipe has no bf16).
 //! The reference numbers are computed here; the PyTorch goldens are checked through the whole
-//! models in tests/parity.rs, with these kernels in the path.
+//! models in crates/kdlab-model/tests/model/parity.rs, with these kernels in the path.
 
 use burn::backend::wgpu::WgpuDevice;
 use burn::backend::{Autodiff, Flex, Wgpu};

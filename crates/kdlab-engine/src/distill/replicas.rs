@@ -56,14 +56,14 @@ pub(super) trait Replicas<B: AutodiffBackend> {
         windows: &mut MetricWindows<B::InnerBackend>,
     ) -> anyhow::Result<(Data2Vec2<B>, StepOutcome)>;
 
-    /// The validation loss over `folder`, and the files this node could not read.
+    /// The validation loss over `folder` (at the models' input size), and the files this node
+    /// could not read.
     fn validate(
         &mut self,
         config: &RunConfig,
         teacher: &BeitV2<B::InnerBackend>,
         student: &Data2Vec2<B>,
         folder: &Arc<ImageFolder>,
-        size: usize,
     ) -> anyhow::Result<(f64, Vec<(PathBuf, String)>)>;
 
     /// Whether the run stops after the step just taken (Ctrl-C, the app's Stop): one device,
@@ -152,9 +152,8 @@ impl<B: AutodiffBackend> Replicas<B> for OneDevice<B> {
         teacher: &BeitV2<B::InnerBackend>,
         student: &Data2Vec2<B>,
         folder: &Arc<ImageFolder>,
-        size: usize,
     ) -> anyhow::Result<(f64, Vec<(PathBuf, String)>)> {
-        validation_loss(config, teacher, &student.valid(), folder, size)
+        validation_loss(config, teacher, &student.valid(), folder, self.size)
     }
 
     fn stop_requested(&self) -> bool {

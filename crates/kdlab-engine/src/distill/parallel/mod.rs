@@ -312,14 +312,20 @@ impl<B: AutodiffBackend> Replicas<B> for Peers<B> {
         teacher: &BeitV2<B::InnerBackend>,
         student: &Data2Vec2<B>,
         folder: &Arc<ImageFolder>,
-        size: usize,
     ) -> anyhow::Result<(f64, Vec<(PathBuf, String)>)> {
         self.broadcast(|| Command::Validate)?;
         let batch = (config.optim.batch_size / self.world.size()).max(1);
         let part = self.world.global_part(0);
-        let (own, mut skipped) =
-            validation_sum(config, teacher, &student.valid(), folder, size, part, batch)
-                .inspect_err(|e| self.health.fail(format!("{}: {e:#}", self.names[0])))?;
+        let (own, mut skipped) = validation_sum(
+            config,
+            teacher,
+            &student.valid(),
+            folder,
+            self.size,
+            part,
+            batch,
+        )
+        .inspect_err(|e| self.health.fail(format!("{}: {e:#}", self.names[0])))?;
         let summed = self
             .exchange
             .sum_numbers(&[own.total as f32, own.images as f32])

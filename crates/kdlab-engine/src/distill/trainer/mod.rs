@@ -426,13 +426,9 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let Some(folder) = &plan.data.val else {
             return Ok(false);
         };
-        let (val_loss, skipped) = self.replicas.validate(
-            &plan.config,
-            &self.models.teacher,
-            student,
-            folder,
-            self.models.size,
-        )?;
+        let (val_loss, skipped) =
+            self.replicas
+                .validate(&plan.config, &self.models.teacher, student, folder)?;
         self.out.report_skipped(skipped);
         let (step, epoch) = (self.progress.state.step, self.progress.state.epoch);
         self.out.metrics(&MetricsLine {

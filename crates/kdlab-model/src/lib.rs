@@ -5,6 +5,7 @@
 //! ```text
 //! weights          checkpoints in (unilm .pth, timm .safetensors, fairseq .pt, kdlab) and out
 //! optim, target    AdamW, clipping, loss scaling and the schedule; the data2vec target and loss
+//! pair             the target across two families: registers, width connector, grid matching
 //! model            the encoders, autocast, the vit parts they share
 //! guard            a panic turned into an error (burn's backends and the pickle reader panic)
 //! ```
@@ -14,5 +15,6 @@
 pub mod guard;
 pub mod model;
 pub mod optim;
+pub mod pair;
 pub mod target;
 pub mod weights;

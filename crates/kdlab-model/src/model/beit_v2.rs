@@ -219,6 +219,24 @@ impl<B: Backend> BeitV2<B> {
         model
     }
 
+    /// The same model computing its matrix products in `dtype`, its parameters kept f32: BEiT v2
+    /// as a trained student (the master weights stay f32, as for data2vec 2.0).
+    pub fn training_in(mut self, dtype: burn::tensor::DType) -> Self {
+        self.autocast = Autocast::new(dtype);
+        self
+    }
+
+    /// Keeps only the given blocks, in order, each with its own table (timm layout) or the shared
+    /// one (unilm layout): the seed's student made of the teacher's own blocks.
+    pub fn select_blocks(mut self, keep: &[usize]) -> Self {
+        let mut blocks: Vec<Option<BeitBlock<B>>> = self.blocks.into_iter().map(Some).collect();
+        self.blocks = keep
+            .iter()
+            .filter_map(|&i| blocks.get_mut(i)?.take())
+            .collect();
+        self
+    }
+
     /// Layer results are the residual stream after each block (no final norm).
     ///
     /// # Shapes
@@ -266,6 +284,7 @@ impl<B: Backend> BeitV2<B> {
         ModelOutput {
             layer_results,
             last_hidden: x,
+            tokens: super::TokenLayout::CLS,
         }
     }
 

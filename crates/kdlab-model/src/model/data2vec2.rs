@@ -255,6 +255,7 @@ impl<B: Backend> Data2Vec2<B> {
         ModelOutput {
             layer_results,
             last_hidden: x,
+            tokens: super::TokenLayout::CLS,
         }
     }
 }

@@ -1,11 +1,15 @@
-//! The two encoders of the distillation, written for any width, depth, heads and grid.
+//! The encoders of the distillation, written for any width, depth, heads and grid: BEiT v2,
+//! data2vec 2.0 and timm's ViTs (ViT, DeiT, DeiT III, DINOv2, DINOv3).
 
 pub mod autocast;
 pub mod beit_v2;
 pub mod data2vec2;
 pub mod generator;
+pub mod resample;
+pub mod rope;
 pub mod rules;
 pub mod sincos;
+pub mod timm_vit;
 pub mod vit;
 
 use burn::module::Module;
@@ -15,6 +19,27 @@ use burn::tensor::backend::Backend;
 pub use autocast::Autocast;
 pub use beit_v2::{BeitV2, BeitV2Config};
 pub use data2vec2::{BlockSelection, Data2Vec2, Data2Vec2Config};
+pub use timm_vit::{Vit, VitConfig, VitFamily, VitPositions};
+
+/// The tokens in front of the patches, in this order: the CLS token, then the registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TokenLayout {
+    pub class_token: bool,
+    pub registers: usize,
+}
+
+impl TokenLayout {
+    /// One CLS token, no registers: BEiT v2, data2vec 2.0, ViT, DeiT, DINOv2.
+    pub const CLS: Self = Self {
+        class_token: true,
+        registers: 0,
+    };
+
+    /// How many tokens come before the patches.
+    pub fn prefix(self) -> usize {
+        usize::from(self.class_token) + self.registers
+    }
+}
 
 /// What a forward pass gives the distillation.
 #[derive(Debug, Clone)]
@@ -23,6 +48,8 @@ pub struct ModelOutput<B: Backend> {
     pub layer_results: Vec<Tensor<B, 3>>,
     /// The last hidden state `[B, T, D]` (no final norm).
     pub last_hidden: Tensor<B, 3>,
+    /// What precedes the patches in every `[B, T, D]` above.
+    pub tokens: TokenLayout,
 }
 
 /// Either encoder, as loaded from a checkpoint.
@@ -33,6 +60,7 @@ pub struct ModelOutput<B: Backend> {
 pub enum Encoder<B: Backend> {
     BeitV2(BeitV2<B>),
     Data2Vec2(Data2Vec2<B>),
+    Vit(Vit<B>),
 }
 
 impl<B: Backend> Encoder<B> {
@@ -40,6 +68,70 @@ impl<B: Backend> Encoder<B> {
         match self {
             Self::BeitV2(m) => m.forward(images),
             Self::Data2Vec2(m) => m.forward(images),
+            Self::Vit(m) => m.forward(images),
+        }
+    }
+
+    /// Every block's attention weights, first block first, each `[B, H, T, T]` (f32).
+    pub fn attention_weights(&self, images: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
+        match self {
+            Self::BeitV2(m) => m.attention_weights(images),
+            Self::Data2Vec2(m) => m.attention_weights(images),
+            Self::Vit(m) => m.attention_weights(images),
+        }
+    }
+
+    /// The frozen teacher computing in `dtype` (BEiT v2 stores its matrix weights in it once).
+    pub fn teacher_computing_in(self, dtype: burn::tensor::DType) -> Self {
+        match self {
+            Self::BeitV2(m) => Self::BeitV2(m.computing_in(dtype)),
+            Self::Data2Vec2(m) => Self::Data2Vec2(m.computing_in(dtype)),
+            Self::Vit(m) => Self::Vit(m.computing_in(dtype)),
+        }
+    }
+
+    /// The trained student computing in `dtype`, its parameters (the master weights) kept f32.
+    pub fn student_computing_in(self, dtype: burn::tensor::DType) -> Self {
+        match self {
+            Self::BeitV2(m) => Self::BeitV2(m.training_in(dtype)),
+            Self::Data2Vec2(m) => Self::Data2Vec2(m.computing_in(dtype)),
+            Self::Vit(m) => Self::Vit(m.computing_in(dtype)),
+        }
+    }
+
+    /// Keeps only the given selectable blocks, in order (data2vec 2.0: main blocks, the prenet
+    /// kept).
+    pub fn select_blocks(self, keep: &[usize]) -> Self {
+        match self {
+            Self::BeitV2(m) => Self::BeitV2(m.select_blocks(keep)),
+            Self::Data2Vec2(m) => Self::Data2Vec2(m.select_main_blocks(keep)),
+            Self::Vit(m) => Self::Vit(m.select_blocks(keep)),
+        }
+    }
+
+    /// Ready for a `grid`×`grid` patch grid (a timm ViT's learned positions resampled once);
+    /// the other families run at their own grid only and are returned as they are.
+    pub fn with_grid(self, grid: usize) -> Self {
+        match self {
+            Self::Vit(m) => Self::Vit(m.with_position_grid(grid)),
+            other => other,
+        }
+    }
+
+    /// How many layer results a forward gives.
+    pub fn num_layers(&self) -> usize {
+        match self {
+            Self::BeitV2(m) => m.blocks.len(),
+            Self::Data2Vec2(m) => m.blocks.len(),
+            Self::Vit(m) => m.blocks.len(),
+        }
+    }
+
+    /// The tokens in front of the patches.
+    pub fn tokens(&self) -> TokenLayout {
+        match self {
+            Self::BeitV2(_) | Self::Data2Vec2(_) => TokenLayout::CLS,
+            Self::Vit(m) => m.tokens(),
         }
     }
 }

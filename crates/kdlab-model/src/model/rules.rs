@@ -3,7 +3,7 @@
 //! rule. Fields are named relative to the architecture (`embed_dim`); callers prefix them
 //! (`student.architecture.embed_dim`).
 
-use super::{BeitV2Config, BlockSelection, Data2Vec2Config};
+use super::{BeitV2Config, BlockSelection, Data2Vec2Config, VitConfig, VitPositions};
 
 /// A broken rule: the field and what is wrong with its value.
 pub type Problem = (&'static str, String);
@@ -144,6 +144,58 @@ impl Data2Vec2Config {
                 "prenet_depth",
                 format!("must be at most {MAX_DEPTH}, is {}", self.prenet_depth),
             ));
+        }
+        found
+    }
+}
+
+/// More registers than this is not a model kdlab knows (DINOv2 and DINOv3 have 4).
+pub const MAX_REGISTERS: usize = 256;
+
+impl VitConfig {
+    /// Every rule this architecture breaks.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut found = Vec::new();
+        vit_of!(self).problems(&mut found);
+        depth_problem(
+            "depth",
+            self.depth,
+            "the target averages the block outputs",
+            &mut found,
+        );
+        if self.reg_tokens > MAX_REGISTERS {
+            found.push((
+                "reg_tokens",
+                format!("must be at most {MAX_REGISTERS}, is {}", self.reg_tokens),
+            ));
+        }
+        match self.positions {
+            VitPositions::Learned { grid, .. } if grid == 0 || grid > MAX_GRID => found.push((
+                "positions.grid",
+                format!("must be in 1..={MAX_GRID}, is {grid}"),
+            )),
+            VitPositions::Rotary { temperature } => {
+                if !(temperature.is_finite() && temperature > 1.0) {
+                    found.push((
+                        "positions.temperature",
+                        format!("must be a number above 1, is {temperature}"),
+                    ));
+                }
+                let heads = self.num_heads.max(1);
+                if self.embed_dim.is_multiple_of(heads)
+                    && !(self.embed_dim / heads).is_multiple_of(4)
+                {
+                    found.push((
+                        "num_heads",
+                        format!(
+                            "the head width {} is not a multiple of 4, which 2-D rotary \
+                             positions need",
+                            self.embed_dim / heads
+                        ),
+                    ));
+                }
+            }
+            VitPositions::Learned { .. } => {}
         }
         found
     }

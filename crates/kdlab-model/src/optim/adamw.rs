@@ -41,14 +41,21 @@ pub struct AdamW<B: Backend> {
 }
 
 /// The thesis' rule, minus its accidental decay of data2vec2's `extra_tokens` (REFERENCE.md):
-/// decay parameters with more than one dimension, except positions and CLS/extra tokens.
+/// decay parameters with more than one dimension, except positions, the prefix tokens (CLS,
+/// extra, register tokens) and BEiT's relative-position tables (timm's and unilm's
+/// `no_weight_decay` for the other families' students).
 pub fn decays(path: &str, rank: usize) -> bool {
     let name = path.rsplit('.').next().unwrap_or(path);
     rank > 1
         && !path.ends_with(".bias")
         && !matches!(
             name,
-            "positions" | "extra_tokens" | "cls_token" | "pos_embed"
+            "positions"
+                | "extra_tokens"
+                | "cls_token"
+                | "pos_embed"
+                | "reg_token"
+                | "relative_position_bias_table"
         )
 }
 
@@ -80,12 +87,14 @@ struct Update<'a, B: Backend> {
     optimizer: &'a mut AdamW<B>,
     grads: &'a mut GradientsParams,
     lr: f64,
-    path: Vec<String>,
+    /// (name, container type) of every module entered.
+    path: Vec<(String, String)>,
 }
 
 impl<AB: AutodiffBackend> ModuleMapper<AB> for Update<'_, AB::InnerBackend> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path
+            .push((name.to_string(), container_type.to_string()));
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
@@ -164,10 +173,19 @@ fn adamw_by_tensors<B: Backend>(
     [p, exp_avg, exp_avg_sq]
 }
 
-/// burn names LayerNorm parameters `gamma`/`beta`; state is keyed by PyTorch's names.
-fn torch_path(path: &[String]) -> String {
-    let mut parts: Vec<&str> = path.iter().map(String::as_str).collect();
-    if let Some(last) = parts.last_mut() {
+/// State is keyed by PyTorch's names: burn's LayerNorm `gamma`/`beta` are `weight`/`bias`, and
+/// an enum module's variant (`Encoder`'s `Data2Vec2`, …) is no part of a state-dict key.
+fn torch_path(path: &[(String, String)]) -> String {
+    // A parameter is entered with the type of the struct that holds it.
+    let owner = path.last().map(|(_, container)| container.as_str());
+    let mut parts: Vec<&str> = path
+        .iter()
+        .filter(|(_, container)| !container.starts_with("Enum:"))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if owner == Some("Struct:LayerNorm")
+        && let Some(last) = parts.last_mut()
+    {
         *last = match *last {
             "gamma" => "weight",
             "beta" => "bias",

@@ -4,9 +4,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::model::{BeitV2Config, Data2Vec2Config};
+use crate::model::{BeitV2Config, Data2Vec2Config, VitConfig};
 
 use super::read::{FileFormat, RawWeights};
+use super::timm_vit::{self, TimmConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Layout {
@@ -19,6 +20,10 @@ pub enum Layout {
     /// fairseq data2vec 2.0 `.pt`: `{'cfg': {'model': …}, 'model': state_dict}`.
     #[serde(rename = "data2vec2-fairseq")]
     Data2Vec2Fairseq,
+    /// timm `VisionTransformer` (ViT, DeiT, DeiT III, DINOv2) or `Eva` (DINOv3) safetensors,
+    /// with timm's `config.json` beside it.
+    #[serde(rename = "vit-timm")]
+    VitTimm,
     /// A safetensors file written by kdlab, with its architecture in the metadata.
     #[serde(rename = "kdlab")]
     Kdlab,
@@ -30,6 +35,7 @@ impl Layout {
             Self::BeitV2Unilm => "beitv2-unilm",
             Self::BeitV2Timm => "beitv2-timm",
             Self::Data2Vec2Fairseq => "data2vec2-fairseq",
+            Self::VitTimm => "vit-timm",
             Self::Kdlab => "kdlab",
         }
     }
@@ -41,6 +47,7 @@ impl Layout {
 pub enum Architecture {
     BeitV2(BeitV2Config),
     Data2Vec2(Data2Vec2Config),
+    Vit(VitConfig),
 }
 
 impl Architecture {
@@ -49,7 +56,121 @@ impl Architecture {
         match self {
             Self::BeitV2(c) => c.problems(),
             Self::Data2Vec2(c) => c.problems(),
+            Self::Vit(c) => c.problems(),
         }
+    }
+
+    /// The family name `inspect` reports: `beitv2`, `data2vec2`, `vit`, `deit3`, `dinov2`,
+    /// `dinov3`.
+    pub fn family(&self) -> &'static str {
+        match self {
+            Self::BeitV2(_) => "beitv2",
+            Self::Data2Vec2(_) => "data2vec2",
+            Self::Vit(c) => c.family.name(),
+        }
+    }
+
+    pub fn image_size(&self) -> usize {
+        match self {
+            Self::BeitV2(c) => c.image_size,
+            Self::Data2Vec2(c) => c.image_size,
+            Self::Vit(c) => c.image_size,
+        }
+    }
+
+    pub fn patch_size(&self) -> usize {
+        match self {
+            Self::BeitV2(c) => c.patch_size,
+            Self::Data2Vec2(c) => c.patch_size,
+            Self::Vit(c) => c.patch_size,
+        }
+    }
+
+    pub fn embed_dim(&self) -> usize {
+        match self {
+            Self::BeitV2(c) => c.embed_dim,
+            Self::Data2Vec2(c) => c.embed_dim,
+            Self::Vit(c) => c.embed_dim,
+        }
+    }
+
+    pub fn num_heads(&self) -> usize {
+        match self {
+            Self::BeitV2(c) => c.num_heads,
+            Self::Data2Vec2(c) => c.num_heads,
+            Self::Vit(c) => c.num_heads,
+        }
+    }
+
+    pub fn mlp_hidden_dim(&self) -> usize {
+        match self {
+            Self::BeitV2(c) => c.mlp_hidden_dim,
+            Self::Data2Vec2(c) => c.mlp_hidden_dim,
+            Self::Vit(c) => c.mlp_hidden_dim,
+        }
+    }
+
+    /// The blocks a block selection chooses from (data2vec 2.0: the main blocks).
+    pub fn depth(&self) -> usize {
+        match self {
+            Self::BeitV2(c) => c.depth,
+            Self::Data2Vec2(c) => c.depth,
+            Self::Vit(c) => c.depth,
+        }
+    }
+
+    /// Blocks always kept before the selectable ones (data2vec 2.0's prenet).
+    pub fn prenet_depth(&self) -> usize {
+        match self {
+            Self::Data2Vec2(c) => c.prenet_depth,
+            Self::BeitV2(_) | Self::Vit(_) => 0,
+        }
+    }
+
+    /// The tokens in front of the patches.
+    pub fn tokens(&self) -> crate::model::TokenLayout {
+        match self {
+            Self::Vit(c) => c.tokens(),
+            Self::BeitV2(_) | Self::Data2Vec2(_) => crate::model::TokenLayout::CLS,
+        }
+    }
+
+    /// The architecture of a model keeping `blocks` of this one's selectable blocks (the prenet
+    /// too), running at `image_size` (a timm ViT's learned table then belongs to that grid).
+    pub fn cut(&self, blocks: usize, image_size: usize) -> Self {
+        let mut cut = self.clone();
+        match &mut cut {
+            Self::BeitV2(c) => c.depth = blocks,
+            Self::Data2Vec2(c) => c.depth = blocks,
+            Self::Vit(c) => {
+                c.depth = blocks;
+                c.image_size = image_size;
+                if let crate::model::VitPositions::Learned { grid, .. } = &mut c.positions {
+                    *grid = image_size / c.patch_size;
+                }
+            }
+        }
+        cut
+    }
+
+    /// A randomly initialised encoder of this architecture.
+    pub fn init_encoder<B: burn::tensor::backend::Backend>(
+        &self,
+        device: &B::Device,
+    ) -> crate::model::Encoder<B> {
+        use crate::model::Encoder;
+        match self {
+            Self::BeitV2(c) => Encoder::BeitV2(c.init(device)),
+            Self::Data2Vec2(c) => Encoder::Data2Vec2(c.init(device)),
+            Self::Vit(c) => Encoder::Vit(c.init(device)),
+        }
+    }
+
+    /// Whether the model runs at image sizes other than its own (learned positions are
+    /// resampled, rotary ones computed); BEiT v2's relative-position tables and data2vec 2.0's
+    /// stored sin-cos table belong to one grid.
+    pub fn runs_at_any_size(&self) -> bool {
+        matches!(self, Self::Vit(_))
     }
 }
 
@@ -73,6 +194,8 @@ pub fn detect_layout(raw: &RawWeights) -> Option<Layout> {
         Some(Layout::BeitV2Unilm)
     } else if has("patch_embed.proj.weight") && has(TIMM_TABLE_0) {
         Some(Layout::BeitV2Timm)
+    } else if timm_vit::looks_like_timm_vit(raw) {
+        Some(Layout::VitTimm)
     } else {
         None
     }
@@ -162,12 +285,25 @@ pub fn key_target(layout: Layout, architecture: &Architecture, key: &str) -> Key
         (Layout::Data2Vec2Fairseq, _) | (Layout::Kdlab, Architecture::Data2Vec2(_)) => {
             fairseq_key(key)
         }
+        (Layout::VitTimm, Architecture::Vit(c)) => timm_vit::key_target(key, c.family.is_eva()),
+        (Layout::VitTimm, _) | (Layout::Kdlab, Architecture::Vit(_)) => {
+            timm_vit::key_target(key, false)
+        }
     }
 }
 
 /// Infers the architecture from shapes (and the fairseq cfg, which alone knows the head count).
-pub fn infer_architecture(layout: Layout, raw: &RawWeights) -> Result<Architecture, String> {
+pub fn infer_architecture(
+    layout: Layout,
+    raw: &RawWeights,
+    timm_config: Option<&TimmConfig>,
+) -> Result<Architecture, String> {
     match layout {
+        Layout::VitTimm => {
+            let config = timm_vit::infer(raw, timm_config)?;
+            let problems = config.problems();
+            checked(config, problems).map(Architecture::Vit)
+        }
         Layout::BeitV2Unilm | Layout::BeitV2Timm => {
             infer_beit(layout, raw).map(Architecture::BeitV2)
         }

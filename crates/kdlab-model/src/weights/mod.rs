@@ -4,6 +4,7 @@
 pub mod expected;
 pub mod layout;
 pub mod read;
+pub mod timm_vit;
 pub mod write;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,10 +17,11 @@ use burn::tensor::backend::Backend;
 use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter, TensorSnapshot};
 
 use crate::model::generator::{materialize, unseeded};
-use crate::model::{BeitV2, BlockSelection, Data2Vec2, Encoder};
+use crate::model::{BeitV2, BlockSelection, Data2Vec2, Encoder, Vit};
 use expected::{ExpectedParam, expected_params};
 pub use layout::{Architecture, KeyTarget, Layout};
 pub use read::RawWeights;
+pub use timm_vit::{Preprocessing, TimmConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
@@ -27,7 +29,8 @@ pub enum WeightsError {
     Read { path: PathBuf, message: String },
     #[error(
         "{path} is not a checkpoint kdlab knows: expected a unilm BEiT v2 .pth, a timm BEiT v2 \
-         safetensors, a fairseq data2vec 2.0 .pt or a kdlab file; its first keys are {first_keys:?}"
+         safetensors, a fairseq data2vec 2.0 .pt, a timm ViT/DeiT/DINOv2/DINOv3 safetensors or a \
+         kdlab file; its first keys are {first_keys:?}"
     )]
     UnknownLayout {
         path: PathBuf,
@@ -74,32 +77,58 @@ pub struct Checkpoint {
     pub path: PathBuf,
     pub layout: Layout,
     pub architecture: Architecture,
+    /// The input size and normalisation timm's `config.json` states (`pretrained_cfg`).
+    pub preprocessing: Option<Preprocessing>,
     raw: RawWeights,
 }
 
 impl Checkpoint {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, WeightsError> {
         let path = path.as_ref();
-        Self::from_raw(path, read::read_weights(path)?)
+        let raw = read::read_weights(path)?;
+        // Only a timm ViT reads its config.json: a stray one beside another layout is no concern.
+        let config = if layout::detect_layout(&raw) == Some(Layout::VitTimm) {
+            TimmConfig::find(path).map_err(|message| WeightsError::Invalid {
+                path: path.to_path_buf(),
+                message,
+            })?
+        } else {
+            None
+        };
+        Self::from_raw_with_config(path, raw, config)
     }
 
     /// From tensors already read (or described, as the full-size key manifests are).
     pub fn from_raw(path: &Path, raw: RawWeights) -> Result<Self, WeightsError> {
+        Self::from_raw_with_config(path, raw, None)
+    }
+
+    /// From tensors already read and the timm `config.json` that goes with them.
+    pub fn from_raw_with_config(
+        path: &Path,
+        raw: RawWeights,
+        config: Option<TimmConfig>,
+    ) -> Result<Self, WeightsError> {
         let layout = layout::detect_layout(&raw).ok_or_else(|| WeightsError::UnknownLayout {
             path: path.to_path_buf(),
             first_keys: raw.tensors.keys().take(8).cloned().collect(),
         })?;
-        let architecture = layout::infer_architecture(layout, &raw).map_err(|message| {
-            WeightsError::Architecture {
-                path: path.to_path_buf(),
-                layout: layout.name(),
-                message,
-            }
-        })?;
+        let architecture_error = |message| WeightsError::Architecture {
+            path: path.to_path_buf(),
+            layout: layout.name(),
+            message,
+        };
+        let architecture = layout::infer_architecture(layout, &raw, config.as_ref())
+            .map_err(architecture_error)?;
+        let preprocessing = match &config {
+            Some(c) => c.preprocessing().map_err(architecture_error)?,
+            None => None,
+        };
         Ok(Self {
             path: path.to_path_buf(),
             layout,
             architecture,
+            preprocessing,
             raw,
         })
     }
@@ -111,6 +140,7 @@ impl Checkpoint {
         let expected = unseeded(|| match &self.architecture {
             Architecture::BeitV2(c) => expected_params(&c.init::<Flex>(&device)),
             Architecture::Data2Vec2(c) => expected_params(&c.init::<Flex>(&device)),
+            Architecture::Vit(c) => expected_params(&c.init::<Flex>(&device)),
         });
         self.plan_against(&expected)
     }
@@ -167,6 +197,9 @@ impl Checkpoint {
         match &self.architecture {
             Architecture::Data2Vec2(_) => layout::fairseq_name(path),
             Architecture::BeitV2(_) => path.to_string(),
+            Architecture::Vit(c) => {
+                timm_vit::file_key(path, self.layout == Layout::VitTimm && c.family.is_eva())
+            }
         }
     }
 
@@ -176,9 +209,10 @@ impl Checkpoint {
             Architecture::BeitV2(config) => {
                 unseeded(|| self.apply(config.init(device)).map(materialize))
             }
-            Architecture::Data2Vec2(_) => {
-                Err(self.invalid("is a data2vec 2.0 checkpoint, not a BEiT v2 one"))
-            }
+            other => Err(self.invalid(&format!(
+                "is a {} checkpoint, not a BEiT v2 one",
+                other.family()
+            ))),
         }
     }
 
@@ -189,7 +223,10 @@ impl Checkpoint {
         device: &B::Device,
     ) -> Result<Data2Vec2<B>, WeightsError> {
         let Architecture::Data2Vec2(config) = &self.architecture else {
-            return Err(self.invalid("is a BEiT v2 checkpoint, not a data2vec 2.0 one"));
+            return Err(self.invalid(&format!(
+                "is a {} checkpoint, not a data2vec 2.0 one",
+                self.architecture.family()
+            )));
         };
         let keep = selection
             .main_blocks(config.prenet_depth, config.depth)
@@ -198,7 +235,8 @@ impl Checkpoint {
         Ok(model.select_main_blocks(&keep))
     }
 
-    /// Loads whichever encoder the file holds; `selection` applies to data2vec 2.0 only.
+    /// Loads whichever encoder the file holds; `selection` applies to data2vec 2.0 only (the
+    /// teacher's blocks are cut with `load_encoder_blocks`).
     pub fn load_encoder<B: Backend>(
         &self,
         selection: Option<BlockSelection>,
@@ -212,7 +250,118 @@ impl Checkpoint {
             (Architecture::Data2Vec2(_), selection) => Ok(Encoder::Data2Vec2(
                 self.load_data2vec2(selection.unwrap_or(BlockSelection::All), device)?,
             )),
+            (Architecture::Vit(_), selection) => {
+                let keep = selection.map(|s| self.selected_blocks(s)).transpose()?;
+                self.load_encoder_blocks(keep.as_deref(), None, device)
+            }
         }
+    }
+
+    /// The blocks a selection keeps of this file's selectable blocks (data2vec 2.0: the main
+    /// blocks; the prenet is always kept).
+    pub fn selected_blocks(&self, selection: BlockSelection) -> Result<Vec<usize>, WeightsError> {
+        selection
+            .main_blocks(self.architecture.prenet_depth(), self.architecture.depth())
+            .map_err(|message| self.invalid(&message))
+    }
+
+    /// Loads whichever encoder the file holds, keeping the blocks `keep` (of the selectable
+    /// ones, in that order; all when `None`), to run at `image_size` (a timm ViT's learned
+    /// positions are resampled once here; the others run at their own size only).
+    pub fn load_encoder_blocks<B: Backend>(
+        &self,
+        keep: Option<&[usize]>,
+        image_size: Option<usize>,
+        device: &B::Device,
+    ) -> Result<Encoder<B>, WeightsError> {
+        let depth = self.architecture.depth();
+        let all: Vec<usize> = (0..depth).collect();
+        let keep = keep.unwrap_or(&all);
+        if keep.is_empty() {
+            return Err(self.invalid("a block selection must keep at least one block"));
+        }
+        if let Some(&bad) = keep.iter().find(|&&i| i >= depth) {
+            return Err(self.invalid(&format!(
+                "block {bad} does not exist: the model has blocks 0..{depth}"
+            )));
+        }
+        let own_size = self.architecture.image_size();
+        let patch = self.architecture.patch_size();
+        if let Some(size) = image_size {
+            if size == 0 || !size.is_multiple_of(patch) {
+                return Err(self.invalid(&format!(
+                    "image size {size} is not a positive multiple of the patch size {patch}"
+                )));
+            }
+            if size != own_size && !self.architecture.runs_at_any_size() {
+                return Err(self.invalid(&format!(
+                    "a {} model runs at its own size {own_size} px only (its positions belong \
+                     to that grid), asked for {size} px",
+                    self.architecture.family()
+                )));
+            }
+        }
+        Ok(match &self.architecture {
+            Architecture::BeitV2(_) => {
+                Encoder::BeitV2(self.load_beit_v2(device)?.select_blocks(keep))
+            }
+            Architecture::Data2Vec2(config) => {
+                let model = unseeded(|| self.apply(config.init(device)).map(materialize))?;
+                Encoder::Data2Vec2(model.select_main_blocks(keep))
+            }
+            Architecture::Vit(config) => {
+                let model: Vit<B> = unseeded(|| self.apply(config.init(device)).map(materialize))?;
+                let grid = image_size.unwrap_or(own_size) / patch;
+                Encoder::Vit(model.select_blocks(keep).with_position_grid(grid))
+            }
+        })
+    }
+
+    /// Whether the file holds a width connector (a kdlab checkpoint of a narrower student).
+    pub fn has_connector(&self) -> bool {
+        self.raw.tensors.contains_key("connector.weight")
+    }
+
+    /// The width connector a kdlab checkpoint of a student holds (`connector.weight`
+    /// `[D_t, D_s]`, `connector.bias` `[D_t]`), if any.
+    pub fn load_connector<B: Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<Option<burn::nn::Linear<B>>, WeightsError> {
+        let (Some(weight), bias) = (
+            self.raw.tensors.get("connector.weight"),
+            self.raw.tensors.get("connector.bias"),
+        ) else {
+            return Ok(None);
+        };
+        let width = self.architecture.embed_dim();
+        let (teacher, student) = match weight.shape.as_slice() {
+            &[t, s] if s == width => (t, s),
+            other => {
+                return Err(self.invalid(&format!(
+                    "'connector.weight' should be [D_teacher, {width}], found {other:?}"
+                )));
+            }
+        };
+        let Some(bias) = bias.filter(|b| b.shape.as_slice() == [teacher]) else {
+            return Err(self.invalid(&format!(
+                "'connector.bias' should be [{teacher}] beside 'connector.weight'"
+            )));
+        };
+        let read = |snapshot: &TensorSnapshot| {
+            snapshot
+                .to_data()
+                .map(|d| d.convert_dtype(DType::F32))
+                .map_err(|e| self.invalid(&format!("cannot read the connector: {e:?}")))
+        };
+        let weight = burn::tensor::Tensor::<B, 2>::from_data(read(weight)?, device);
+        let bias = burn::tensor::Tensor::<B, 1>::from_data(read(bias)?, device);
+        let _ = student;
+        Ok(Some(burn::nn::Linear {
+            // PyTorch [out, in] → burn [in, out]
+            weight: burn::module::Param::from_tensor(weight.transpose()),
+            bias: Some(burn::module::Param::from_tensor(bias)),
+        }))
     }
 
     fn invalid(&self, message: &str) -> WeightsError {

@@ -4,3 +4,4 @@
 
 mod manifests;
 mod parity;
+mod vits;

@@ -6,12 +6,16 @@
 #
 #   bench/compare.sh [--kdlab PATH] [--batch 128] [--steps 20] [--precision bf16] [--backend auto]
 #                    [--attention fused|unfused] [--compile] [--peak-tflops 989] [--out DIR]
+#                    [--pair dinov2_vitb14_to_vits16|dinov3_vitb16_to_vits16]
+#
+# --pair measures another family's pair (bench/pairs/NAME.ron for kdlab, reference.py --pair
+# NAME for timm) instead of the thesis pair.
 #
 # Prints one table and writes kdlab.json, pytorch.json (and pytorch-compile.json) to --out.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 kdlab=${KDLAB:-$here/../target/release/kdlab}
-batch=8 steps=10 precision=bf16 backend=auto attention=fused compile=0 peak= out=$(mktemp -d)
+batch=8 steps=10 precision=bf16 backend=auto attention=fused compile=0 peak= out=$(mktemp -d) pair=
 while [ $# -gt 0 ]; do
   case $1 in
     --kdlab) kdlab=$2; shift ;;
@@ -23,6 +27,7 @@ while [ $# -gt 0 ]; do
     --compile) compile=1 ;;
     --peak-tflops) peak=$2; shift ;;
     --out) out=$2; shift ;;
+    --pair) pair=$2; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -31,10 +36,15 @@ mkdir -p "$out"
 data=$here/../assets
 
 echo "kdlab:   $("$kdlab" --version)" >&2
-"$kdlab" --no-gui --backend "$backend" bench --batch "$batch" --steps "$steps" \
+kdlab_pair=() reference_pair=()
+if [ -n "$pair" ]; then
+  kdlab_pair=(--config "$here/pairs/$pair.ron")
+  reference_pair=(--pair "$pair")
+fi
+"$kdlab" --no-gui --backend "$backend" bench "${kdlab_pair[@]}" --batch "$batch" --steps "$steps" \
   --precision "$precision" --attention "$attention" --data "$data" --json > "$out/kdlab.json"
-python3 "$here/reference.py" --batch "$batch" --steps "$steps" --precision "$precision" \
-  --data "$data" > "$out/pytorch.json"
+python3 "$here/reference.py" "${reference_pair[@]}" --batch "$batch" --steps "$steps" \
+  --precision "$precision" --data "$data" > "$out/pytorch.json"
 files=("$out/kdlab.json" "$out/pytorch.json")
 if [ "$compile" = 1 ]; then
   python3 "$here/reference.py" --batch "$batch" --steps "$steps" --precision "$precision" \

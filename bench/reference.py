@@ -13,6 +13,13 @@ eps 1e-6, weight decay 0.01 on matrices only. Attention through F.scaled_dot_pro
 (what timm uses; the fast eager path). Mixed precision is torch.autocast (bf16 or f16 with a
 GradScaler), the PyTorch way; f32 runs without autocast and without TF32.
 
+--pair NAME instead learns one of the other families' pairs, as bench/pairs/NAME.ron describes it
+to `kdlab bench --config`: timm's own models (random weights), their block outputs as layer
+results, register tokens dropped before the target, a width connector (nn.Linear on the student's
+average of instance-normed layers, before the final layer norm) trained with the student:
+  dinov2_vitb14_to_vits16  vit_base_patch14_dinov2 at 196 px → vit_small_patch16_224 at 224 px
+  dinov3_vitb16_to_vits16  vit_base_patch16_dinov3 → vit_small_patch16_dinov3, first 6 blocks
+
 Measurements, each after warm-up steps and between device synchronisations:
   kd_step          teacher forward + student forward/backward + AdamW step (the training step)
   teacher_forward  the teacher's forward and target alone
@@ -115,6 +122,38 @@ def prepare_target(layers):
     """The thesis' prepare_output: instance norm over tokens, mean over layers, layer norm (f32)."""
     y = sum(F.instance_norm(l.float().transpose(1, 2)).transpose(1, 2) for l in layers) / len(layers)
     return F.layer_norm(y, y.shape[-1:])
+
+
+PAIRS = {
+    "dinov2_vitb14_to_vits16": dict(teacher="vit_base_patch14_dinov2", teacher_size=196,
+                                    student="vit_small_patch16_224", student_size=224, blocks=None),
+    "dinov3_vitb16_to_vits16": dict(teacher="vit_base_patch16_dinov3", teacher_size=224,
+                                    student="vit_small_patch16_dinov3", student_size=224, blocks=6),
+}
+
+
+class TimmLayers(nn.Module):
+    """A timm ViT (VisionTransformer or Eva) whose forward returns every block's output, on the
+    target's tokens: CLS and patches, registers dropped (kdlab's rule across families)."""
+
+    def __init__(self, model, blocks=None):
+        super().__init__()
+        if blocks is not None:
+            model.blocks = model.blocks[:blocks]
+        self.model = model
+        self.outputs = []
+        for block in model.blocks:
+            block.register_forward_hook(lambda _m, _i, out: self.outputs.append(out))
+
+    def forward(self, images):
+        self.outputs = []
+        self.model.forward_features(images)
+        skip = self.model.num_prefix_tokens
+        return [torch.cat([x[:, :1], x[:, skip:]], dim=1) for x in self.outputs]
+
+
+def average_normalised(layers):
+    return sum(F.instance_norm(l.float().transpose(1, 2)).transpose(1, 2) for l in layers) / len(layers)
 
 
 def param_groups(model, weight_decay):
@@ -228,6 +267,7 @@ def main():
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--data-images", type=int, default=512, help="images the data measurement reads")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--pair", choices=sorted(PAIRS), help="another family's pair (see above)")
     args = parser.parse_args()
 
     import timm
@@ -242,29 +282,50 @@ def main():
     autocast = lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
     torch.manual_seed(0)
-    teacher = timm.create_model("beitv2_base_patch16_224", pretrained=False, num_classes=0).to(device).eval()
+    connector = None
+    if args.pair:
+        pair = PAIRS[args.pair]
+        t_size, s_size = pair["teacher_size"], pair["student_size"]
+        teacher = TimmLayers(timm.create_model(pair["teacher"], pretrained=False, num_classes=0,
+                                               img_size=t_size)).to(device).eval()
+        student = TimmLayers(timm.create_model(pair["student"], pretrained=False, num_classes=0,
+                                               img_size=s_size), pair["blocks"]).to(device).train()
+        connector = nn.Linear(student.model.embed_dim, teacher.model.embed_dim).to(device)
+        student.connector = connector  # trained, decayed and stepped with the student
+        teacher_fn = lambda model, x: model(x)
+        student_fn = student
+    else:
+        t_size = s_size = 224
+        teacher = timm.create_model("beitv2_base_patch16_224", pretrained=False, num_classes=0).to(device).eval()
+        student = Data2Vec2Student().to(device).train()
+        teacher_fn, student_fn = teacher_layers, student
     for p in teacher.parameters():
         p.requires_grad_(False)
-    student = Data2Vec2Student().to(device).train()
-    teacher_fn, student_fn = teacher_layers, student
     if args.compile:
         teacher_fn = torch.compile(teacher_layers)
         student_fn = torch.compile(student)
     optimizer = torch.optim.AdamW(param_groups(student, 0.01), lr=5e-4 * args.batch / 256, betas=(0.9, 0.98),
                                   eps=1e-6, fused=cuda)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "f16")
-    images = torch.randn(args.batch, 3, 224, 224, device=device)
+    images = torch.randn(args.batch, 3, t_size, t_size, device=device)
+    student_images = images if s_size == t_size else torch.randn(args.batch, 3, s_size, s_size, device=device)
 
     def target():
         with torch.no_grad(), autocast():
             return prepare_target(teacher_fn(teacher, images))
 
+    def prediction():
+        with autocast():
+            layers = student_fn(student_images)
+            if connector is None:
+                return prepare_target(layers)
+            y = connector(average_normalised(layers))
+        return F.layer_norm(y.float(), y.shape[-1:])
+
     fixed_target = target()
 
     def student_step(y):
-        with autocast():
-            prediction = prepare_target(student_fn(images))
-        loss = F.mse_loss(prediction.float(), y)
+        loss = F.mse_loss(prediction().float(), y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -281,11 +342,15 @@ def main():
         seconds = timed(step, args.steps, args.warmup, sync)
         results[name] = args.batch * args.steps / seconds
     peak = torch.cuda.max_memory_reserved() / 2**20 if cuda else None
-    teacher_attention, student_attention = attention_ms(
-        args.batch, args.steps, args.warmup, sync, device, amp_dtype or torch.float32)
-    data = data_img_s(args.data, args.batch, args.workers, args.data_images) if args.data else None
-
-    kd_gflop = gflop_per_image(12) + 3 * gflop_per_image(8)
+    if args.pair:
+        # The attention and data measurements are the thesis pair's.
+        teacher_attention = student_attention = data = None
+        kd_gflop = None
+    else:
+        teacher_attention, student_attention = attention_ms(
+            args.batch, args.steps, args.warmup, sync, device, amp_dtype or torch.float32)
+        data = data_img_s(args.data, args.batch, args.workers, args.data_images) if args.data else None
+        kd_gflop = gflop_per_image(12) + 3 * gflop_per_image(8)
     print(json.dumps({
         "tool": "pytorch" + (" + torch.compile" if args.compile else ""),
         "version": f"torch {torch.__version__}, timm {timm.__version__}",
@@ -300,11 +365,12 @@ def main():
         "data_workers": args.workers,
         "peak_memory_mb": peak,
         "kd_step_gflop_per_image": kd_gflop,
-        "kd_step_tflop_s": results["kd_step"] * kd_gflop / 1e3,
+        "kd_step_tflop_s": results["kd_step"] * kd_gflop / 1e3 if kd_gflop else None,
+        "pair": args.pair or "beitv2_to_d2v2",
         "attention": "sdpa",
         "teacher_attention_ms": teacher_attention,
         "student_attention_ms": student_attention,
-        "attention_ms_per_kd_step": 12 * teacher_attention + 8 * student_attention,
+        "attention_ms_per_kd_step": 12 * teacher_attention + 8 * student_attention if teacher_attention else None,
     }))
 
 

@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use kdlab_engine::backend::Selected;
 use kdlab_engine::session::Session;
-use kdlab_model::weights::{Architecture, Checkpoint, LoadPlan};
+use kdlab_model::model::VitPositions;
+use kdlab_model::weights::{Architecture, Checkpoint, LoadPlan, Preprocessing};
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
@@ -22,9 +23,15 @@ pub struct InspectArgs {
 struct Report {
     file: String,
     layout: &'static str,
+    /// The family, as `family` (kept for scripts written before there were several).
     model: &'static str,
+    /// `beitv2`, `data2vec2`, `vit`, `deit3`, `dinov2`, `dinov3`.
+    family: &'static str,
+    /// The size the file's model runs at (timm: `pretrained_cfg.input_size`).
     image_size: usize,
     patch_size: usize,
+    /// Patches per side at `image_size`.
+    grid: usize,
     embed_dim: usize,
     num_heads: usize,
     mlp_hidden_dim: usize,
@@ -32,9 +39,18 @@ struct Report {
     depth: usize,
     /// Context-encoder blocks (data2vec 2.0); 0 for BEiT v2.
     prenet_depth: usize,
+    class_token: bool,
+    /// Tokens before the patches: the CLS token and the registers.
+    num_prefix_tokens: usize,
+    num_registers: usize,
+    /// `learned`, `rotary`, `relative` (BEiT v2) or `sin-cos` (data2vec 2.0).
+    positions: &'static str,
     /// BEiT v2: one relative position table for all blocks (unilm) or one per block (timm).
     #[serde(skip_serializing_if = "Option::is_none")]
     shared_rel_pos_bias: Option<bool>,
+    /// Input size and normalisation from timm's `config.json` (`pretrained_cfg`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preprocessing: Option<Preprocessing>,
     /// Parameters of the model kdlab builds from the file (frozen positions included).
     parameters: usize,
     tensors_in_file: usize,
@@ -74,47 +90,44 @@ fn report(checkpoint: &Checkpoint, plan: LoadPlan) -> Report {
             found,
         })
         .collect();
-    let common = |model, i, p, d, h, m, depth, prenet, shared| Report {
+    let architecture = &checkpoint.architecture;
+    let (mlp_hidden_dim, shared_rel_pos_bias, positions) = match architecture {
+        Architecture::BeitV2(c) => (c.mlp_hidden_dim, Some(c.shared_rel_pos_bias), "relative"),
+        Architecture::Data2Vec2(c) => (c.mlp_hidden_dim, None, "sin-cos"),
+        Architecture::Vit(c) => (
+            c.mlp_hidden_dim,
+            None,
+            match c.positions {
+                VitPositions::Learned { .. } => "learned",
+                VitPositions::Rotary { .. } => "rotary",
+            },
+        ),
+    };
+    let tokens = architecture.tokens();
+    let mut report = Report {
         file: checkpoint.path.display().to_string(),
         layout: checkpoint.layout.name(),
-        model,
-        image_size: i,
-        patch_size: p,
-        embed_dim: d,
-        num_heads: h,
-        mlp_hidden_dim: m,
-        depth,
-        prenet_depth: prenet,
-        shared_rel_pos_bias: shared,
+        model: architecture.family(),
+        family: architecture.family(),
+        image_size: architecture.image_size(),
+        patch_size: architecture.patch_size(),
+        grid: architecture.image_size() / architecture.patch_size(),
+        embed_dim: architecture.embed_dim(),
+        num_heads: architecture.num_heads(),
+        mlp_hidden_dim,
+        depth: architecture.depth(),
+        prenet_depth: architecture.prenet_depth(),
+        class_token: tokens.class_token,
+        num_prefix_tokens: tokens.prefix(),
+        num_registers: tokens.registers,
+        positions,
+        shared_rel_pos_bias,
+        preprocessing: checkpoint.preprocessing.clone(),
         parameters: plan.parameters,
         tensors_in_file,
         ignored_keys: plan.ignored_keys.clone(),
         missing_keys: plan.missing_keys.clone(),
         shape_mismatches: Vec::new(),
-    };
-    let mut report = match &checkpoint.architecture {
-        Architecture::BeitV2(c) => common(
-            "beitv2",
-            c.image_size,
-            c.patch_size,
-            c.embed_dim,
-            c.num_heads,
-            c.mlp_hidden_dim,
-            c.depth,
-            0,
-            Some(c.shared_rel_pos_bias),
-        ),
-        Architecture::Data2Vec2(c) => common(
-            "data2vec2",
-            c.image_size,
-            c.patch_size,
-            c.embed_dim,
-            c.num_heads,
-            c.mlp_hidden_dim,
-            c.depth,
-            c.prenet_depth,
-            None,
-        ),
     };
     report.shape_mismatches = shape_mismatches;
     report
@@ -139,6 +152,23 @@ fn print_summary(r: &Report) {
         r.mlp_hidden_dim,
         blocks
     );
+    let prefix = match (r.class_token, r.num_registers) {
+        (true, 0) => "CLS".to_string(),
+        (true, n) => format!("CLS + {n} registers"),
+        (false, 0) => "none".to_string(),
+        (false, n) => format!("{n} registers"),
+    };
+    println!(
+        "  tokens        {prefix}, then {g}x{g} patches; {} positions",
+        r.positions,
+        g = r.grid
+    );
+    if let Some(p) = &r.preprocessing {
+        println!(
+            "  input         {} px, mean {:?}, std {:?} ({})",
+            p.image_size, p.mean, p.std, p.interpolation
+        );
+    }
     if let Some(shared) = r.shared_rel_pos_bias {
         let how = if shared {
             "shared by all blocks"

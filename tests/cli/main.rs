@@ -8,6 +8,7 @@ mod common;
 mod data_parallel;
 mod engine;
 mod eval;
+mod families;
 mod overrides_cli;
 mod precision;
 mod tensorboard;

@@ -10,7 +10,7 @@ use burn::tensor::DType;
 use serde::{Deserialize, Serialize};
 
 use crate::data::image_file::{DecodeLimits, PILLOW_MAX_IMAGE_PIXELS};
-use kdlab_model::model::{BeitV2Config, BlockSelection, Data2Vec2Config};
+use kdlab_model::model::{BeitV2Config, BlockSelection, Data2Vec2Config, VitConfig};
 use kdlab_model::optim::AdamWSettings;
 
 /// One distillation run. `configs/*.ron` document each field.
@@ -267,14 +267,29 @@ impl Default for ProbeConfig {
     }
 }
 
-/// The frozen teacher: published weights, or a random BEiT v2 of the given shape (demo).
+/// The frozen teacher: published weights of any family, or a random BEiT v2 (`architecture`) or
+/// timm ViT (`vit`) of the given shape (demo).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TeacherConfig {
-    /// unilm `.pth` or timm safetensors; the architecture is read from the file.
+    /// unilm `.pth`, timm safetensors (BEiT v2, ViT, DeiT, DeiT III, DINOv2, DINOv3 with the
+    /// `config.json` beside it) or a kdlab file; the architecture is read from the file.
     pub weights: Option<PathBuf>,
-    /// Required without weights; with weights, checked against the file.
+    /// A random BEiT v2 without weights; with weights, checked against the file.
     pub architecture: Option<BeitV2Config>,
+    /// A random timm ViT (any family) without weights; with weights, checked against the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vit: Option<VitConfig>,
+    /// The size the teacher sees (default: its own; a timm ViT's positions are resampled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<usize>,
+    /// Its input normalisation (default: `pretrained_cfg` of its config.json, else ImageNet's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<NormalizationConfig>,
+    /// On patch grids other than the student's, resample the teacher's averaged representation
+    /// to the student's grid (bilinear, CLS kept) before its final layer norm.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub resample_to_student_grid: bool,
 }
 
 impl Default for TeacherConfig {
@@ -282,20 +297,66 @@ impl Default for TeacherConfig {
         Self {
             weights: None,
             architecture: Some(BeitV2Config::vit_base_patch16_224()),
+            vit: None,
+            image_size: None,
+            normalization: None,
+            resample_to_student_grid: false,
         }
     }
 }
 
-/// The student: a pretrained data2vec 2.0 model cut to `blocks`, or a random one.
+/// A model's input normalisation: `(x/255 − mean)/std` per channel.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NormalizationConfig {
+    pub mean: (f64, f64, f64),
+    pub std: (f64, f64, f64),
+}
+
+impl NormalizationConfig {
+    fn problems(&self, field: &str, found: &mut Problems) {
+        let (m, s) = (self.mean, self.std);
+        if ![m.0, m.1, m.2].iter().all(|v| v.is_finite()) {
+            found.push(format!("{field}.mean"), format!("must be finite, is {m:?}"));
+        }
+        if ![s.0, s.1, s.2].iter().all(|v| v.is_finite() && *v > 0.0) {
+            found.push(
+                format!("{field}.std"),
+                format!("must be positive, is {s:?}"),
+            );
+        }
+    }
+}
+
+/// The student: a pretrained model cut to `blocks` (data2vec 2.0 as in the thesis, or any
+/// family), a random one, or a model of the teacher's own blocks (`from_teacher`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StudentConfig {
-    /// fairseq `.pt` (or a kdlab file); the architecture is read from the file.
+    /// fairseq `.pt`, timm safetensors (with config.json) or a kdlab file; the architecture is
+    /// read from the file.
     pub weights: Option<PathBuf>,
-    /// Required without weights (random init); with weights, checked against the file.
+    /// A random data2vec 2.0 without weights; with weights, checked against the file.
     pub architecture: Option<Data2Vec2Config>,
-    /// Which main blocks to keep (prenet blocks are always kept).
+    /// Which blocks to keep (data2vec 2.0: main blocks; the prenet blocks are always kept).
     pub blocks: BlockSelection,
+    /// A random timm ViT (any family) without weights; with weights, checked against the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vit: Option<VitConfig>,
+    /// The student is the teacher's patch embedding, tokens and `blocks` of its blocks (the
+    /// seed's DistilBERT-style baseline), initialised from the teacher and then trained.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_teacher: bool,
+    /// The size the student sees (default: its own; a timm ViT's positions are resampled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<usize>,
+    /// Its input normalisation (default: `pretrained_cfg` of its config.json, else ImageNet's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<NormalizationConfig>,
+    /// A width connector (a Linear from the student's width to the teacher's, trained with it):
+    /// required when the widths differ, refused when they do not.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub connector: bool,
 }
 
 impl Default for StudentConfig {
@@ -304,6 +365,11 @@ impl Default for StudentConfig {
             weights: None,
             architecture: Some(Data2Vec2Config::vit_base_patch16_224()),
             blocks: BlockSelection::FirstMain(6),
+            vit: None,
+            from_teacher: false,
+            image_size: None,
+            normalization: None,
+            connector: false,
         }
     }
 }
@@ -693,7 +759,17 @@ impl RunConfig {
         let mut found = Problems::default();
         self.teacher.problems(&mut found);
         self.student.problems(&mut found);
-        if let (Some(t), Some(s)) = (&self.teacher.architecture, &self.student.architecture) {
+        if let (Some(t), Some(s), None, None, false) = (
+            &self.teacher.architecture,
+            &self.student.architecture,
+            &self.teacher.vit,
+            &self.student.vit,
+            self.student.from_teacher,
+        ) && self.teacher.image_size.is_none()
+            && self.student.image_size.is_none()
+            && !self.student.connector
+            && !self.teacher.resample_to_student_grid
+        {
             shared_token_problems(t, s, &mut found);
         }
         self.data.problems(&mut found);
@@ -754,25 +830,70 @@ pub fn shared_token_problems(
 
 impl TeacherConfig {
     fn problems(&self, found: &mut Problems) {
-        match (&self.weights, &self.architecture) {
-            (None, None) => found.push(
+        match (&self.weights, &self.architecture, &self.vit) {
+            (None, None, None) => found.push(
                 "teacher",
-                "give `weights` or an `architecture` for a random teacher",
+                "give `weights`, an `architecture` (BEiT v2) or a `vit` for a random teacher",
             ),
-            (_, Some(architecture)) => {
+            (_, Some(_), Some(_)) => found.push(
+                "teacher.vit",
+                "a teacher is a BEiT v2 (`architecture`) or a timm ViT (`vit`), not both: set \
+                 `architecture: None` with `vit`",
+            ),
+            (_, Some(architecture), None) => {
                 found.architecture("teacher.architecture", architecture.problems())
             }
-            (Some(_), None) => {}
+            (_, None, Some(vit)) => found.architecture("teacher.vit", vit.problems()),
+            (Some(_), None, None) => {}
+        }
+        if let Some(size) = self.image_size
+            && size == 0
+        {
+            found.push("teacher.image_size", "must be at least 1 px");
+        }
+        if let Some(norm) = &self.normalization {
+            norm.problems("teacher.normalization", found);
         }
     }
 }
 
 impl StudentConfig {
     fn problems(&self, found: &mut Problems) {
+        if let Some(size) = self.image_size
+            && size == 0
+        {
+            found.push("student.image_size", "must be at least 1 px");
+        }
+        if let Some(norm) = &self.normalization {
+            norm.problems("student.normalization", found);
+        }
+        if self.from_teacher {
+            if self.weights.is_some() || self.architecture.is_some() || self.vit.is_some() {
+                found.push(
+                    "student.from_teacher",
+                    "a student made of the teacher's blocks takes no `weights`, `architecture` \
+                     or `vit` of its own: set them to None",
+                );
+            }
+            return;
+        }
+        if let Some(vit) = &self.vit {
+            if self.architecture.is_some() {
+                found.push(
+                    "student.vit",
+                    "a student is a data2vec 2.0 (`architecture`) or a timm ViT (`vit`), not \
+                     both: set `architecture: None` with `vit`",
+                );
+            } else {
+                found.architecture("student.vit", vit.problems());
+            }
+            return;
+        }
         match (&self.weights, &self.architecture) {
             (None, None) => found.push(
                 "student",
-                "give `weights` or an `architecture` for a random student",
+                "give `weights`, an `architecture` (data2vec 2.0) or a `vit` for a random \
+                 student, or `from_teacher: true`",
             ),
             (_, Some(architecture)) => {
                 let broken = architecture.problems();

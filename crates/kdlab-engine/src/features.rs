@@ -7,7 +7,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::session::{Session, on_backend};
-use kdlab_model::model::BlockSelection;
+use kdlab_model::pair::target_tokens;
 use kdlab_model::target::prepare_target;
 use kdlab_model::weights::Checkpoint;
 
@@ -21,34 +21,47 @@ pub struct Features {
     pub forward_secs: f64,
 }
 
-/// The outputs of the checkpoint's encoder (its first main blocks with `selection`) for
-/// `images` `[B, 3, H, W]`, already normalised.
+/// The outputs of the checkpoint's encoder, keeping the selectable blocks `keep` (all when
+/// `None`; data2vec 2.0 keeps its prenet), for `images` `[B, 3, S, S]`, already normalised, at
+/// their own size S (a timm ViT's learned positions are resampled for it once, as timm does).
 pub fn features(
     session: &Session,
     checkpoint: &Checkpoint,
-    selection: Option<BlockSelection>,
+    keep: Option<Vec<usize>>,
     images: TensorData,
 ) -> anyhow::Result<Features> {
     Ok(on_backend!(session, None, |B, device| {
-        features_on::<<B as AutodiffBackend>::InnerBackend>(checkpoint, selection, images, &device)
+        features_on::<<B as AutodiffBackend>::InnerBackend>(
+            checkpoint,
+            keep.as_deref(),
+            images,
+            &device,
+        )
     })?)
 }
 
-/// Every layer result, the final hidden state and the target of `images`, as f32.
+/// Every layer result (all tokens, the model's own order), the final hidden state and the
+/// target (over CLS + patches: registers dropped) of `images`, as f32.
 fn features_on<B: Backend>(
     checkpoint: &Checkpoint,
-    selection: Option<BlockSelection>,
+    keep: Option<&[usize]>,
     images: TensorData,
     device: &B::Device,
 ) -> anyhow::Result<Features> {
     let started = Instant::now();
-    let encoder = checkpoint.load_encoder::<B>(selection, device)?;
+    let size = images.shape.get(2).copied();
+    let encoder = checkpoint.load_encoder_blocks::<B>(keep, size, device)?;
     let images = Tensor::from_data(images, device);
     let batch = images.dims()[0];
     B::sync(device)?;
     let loaded = Instant::now();
     let output = encoder.forward(images);
-    let target = prepare_target(&output.layer_results);
+    let layers: Vec<_> = output
+        .layer_results
+        .iter()
+        .map(|h| target_tokens(h.clone(), output.tokens, output.tokens.class_token))
+        .collect();
+    let target = prepare_target(&layers);
     let f32_data = |t: Tensor<B, 3>| t.cast(DType::F32).into_data();
     let mut tensors: Vec<(String, TensorData)> = output
         .layer_results

@@ -17,10 +17,11 @@ use burn::tensor::{Distribution, ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Precision, RunConfig};
+use crate::data::ImageFolder;
 use crate::data::loader::{LoaderSettings, Transform, epoch_order, spawn_epoch};
-use crate::data::{ImageFolder, train_transform};
+use crate::data::views::Views;
 use crate::distill::{kd_backward, student_backward};
-use crate::session::{EngineError, ModelPlan, Models, Session, on_backend, teacher_target};
+use crate::session::{EngineError, ModelPlan, Models, Session, on_backend};
 use attention::AttentionBench;
 use kdlab_kernels::{AttentionKernels, set_attention_kernels};
 use kdlab_model::model::generator::seeded;
@@ -142,14 +143,24 @@ fn bench_on<B: AutodiffBackend>(
     let Models { teacher, student } = plan.build::<B>(device)?;
     let student_config = &plan.student.architecture;
     let teacher_config = &plan.teacher.architecture;
-    let size = student_config.image_size;
-    // Drawn under the generator lock like every other draw of the process.
+    let views = plan.views();
+    // Drawn under the generator lock like every other draw of the process: one batch when both
+    // models see the same images (the thesis pair), one per model otherwise.
     let images = seeded::<B::InnerBackend, _>(device, config.seed, || {
-        Tensor::<B::InnerBackend, 4>::random(
-            [settings.batch, 3, size, size],
-            Distribution::Normal(0.0, 1.0),
-            device,
-        )
+        let random = |size: usize| {
+            Tensor::<B::InnerBackend, 4>::random(
+                [settings.batch, 3, size, size],
+                Distribution::Normal(0.0, 1.0),
+                device,
+            )
+        };
+        let teacher = random(views.teacher.size);
+        let student = if views.shared() {
+            teacher.clone()
+        } else {
+            random(views.student.size)
+        };
+        (teacher, student)
     });
     // As training steps: clipping, and f16's loss scaling, included.
     let mut optimizer = StudentOptimizer::<B::InnerBackend>::new(
@@ -166,7 +177,7 @@ fn bench_on<B: AutodiffBackend>(
     // work whose result nobody uses; the reduction is negligible next to the forward.
     let mut checksum = Tensor::<B::InnerBackend, 1>::zeros([1], device);
     let teacher_forward = timed::<B>(device, warmup, steps, || {
-        checksum = checksum.clone() + teacher_target(&teacher, images.clone()).sum();
+        checksum = checksum.clone() + teacher.target(images.0.clone()).sum();
         Ok(())
     })?;
     let checksum = checksum.into_scalar().elem::<f64>();
@@ -176,12 +187,12 @@ fn bench_on<B: AutodiffBackend>(
     );
 
     let mut student = Some(student);
-    let target = teacher_target(&teacher, images.clone());
+    let target = teacher.target(images.0.clone());
     say("student forward, backward and AdamW step");
     let student_step = timed::<B>(device, warmup, steps, || {
         let current = student.take().expect("the student is put back every step");
         let scale = optimizer.loss_scale();
-        let step = student_backward(&current, images.clone(), target.clone(), scale);
+        let step = student_backward(&current, images.1.clone(), target.clone(), scale);
         student = Some(optimizer.step(lr, current, step.grads).0);
         Ok(())
     })?;
@@ -210,7 +221,7 @@ fn bench_on<B: AutodiffBackend>(
     let data_img_s = match &settings.data {
         Some(folder) => {
             say("data pipeline");
-            Some(data_pipeline(folder, size, settings)?)
+            Some(data_pipeline(folder, views, settings)?)
         }
         None => None,
     };
@@ -242,7 +253,7 @@ fn bench_on<B: AutodiffBackend>(
 /// first batch (the threads' start).
 fn data_pipeline(
     folder: &std::path::Path,
-    size: usize,
+    views: Views,
     settings: &BenchSettings,
 ) -> anyhow::Result<f64> {
     let folder = Arc::new(ImageFolder::scan(folder)?);
@@ -250,9 +261,8 @@ fn data_pipeline(
     let repeats = settings.data_images.div_ceil(n).max(1);
     let order = epoch_order(n, repeats, 0, 0, true);
     let loader = LoaderSettings::in_order(settings.batch, settings.workers);
-    let transform: Transform = Arc::new(move |img, rng| {
-        train_transform(img, size as u32, (0.08, 1.0), (0.75, 4.0 / 3.0), 0.5, rng)
-    });
+    let transform: Transform =
+        Arc::new(move |img, rng| views.train(img, (0.08, 1.0), (0.75, 4.0 / 3.0), 0.5, rng));
     let mut batches = spawn_epoch(folder, order, 0, 0, &loader, transform);
     batches.next();
     let start = Instant::now();

@@ -7,8 +7,12 @@ pub mod loader;
 pub mod resize;
 pub mod source;
 pub mod transform;
+pub mod views;
 
 pub use folder::ImageFolder;
 pub use image_file::decode_rgb;
 pub use source::ImageSource;
-pub use transform::{normalize, train_transform, validation_transform};
+pub use transform::{
+    Normalization, normalize, normalize_with, train_transform, validation_transform,
+    validation_transform_with,
+};

@@ -7,15 +7,42 @@ use super::resize::resize_bicubic;
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// `[3, H, W]` channel-first, `(x/255 − mean)/std` in f32, exactly as torchvision computes it.
+/// A model's input normalisation (`pretrained_cfg`'s mean and std, ImageNet's by default).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalization {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Normalization {
+    pub const IMAGENET: Self = Self {
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    };
+
+    pub fn new(mean: [f64; 3], std: [f64; 3]) -> Self {
+        Self {
+            mean: mean.map(|m| m as f32),
+            std: std.map(|s| s as f32),
+        }
+    }
+}
+
+/// `[3, H, W]` channel-first, `(x/255 − mean)/std` in f32 with ImageNet's mean and std, exactly
+/// as torchvision computes it.
 pub fn normalize(img: &RgbImage) -> Vec<f32> {
+    normalize_with(img, Normalization::IMAGENET)
+}
+
+/// `normalize` with a model's own mean and std.
+pub fn normalize_with(img: &RgbImage, norm: Normalization) -> Vec<f32> {
     let (w, h) = img.dimensions();
     let plane = (w * h) as usize;
     let mut out = vec![0f32; 3 * plane];
     let inv = 1.0f32 / 255.0;
     for (i, p) in img.pixels().enumerate() {
         for c in 0..3 {
-            out[c * plane + i] = (f32::from(p[c]) * inv - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+            out[c * plane + i] = (f32::from(p[c]) * inv - norm.mean[c]) / norm.std[c];
         }
     }
     out
@@ -25,6 +52,11 @@ pub fn normalize(img: &RgbImage) -> Vec<f32> {
 /// normalise. Returns `[3, s, s]`.
 pub fn validation_transform(img: &RgbImage, size: u32) -> Vec<f32> {
     normalize(&resize_bicubic(img, size, size))
+}
+
+/// `validation_transform` with a model's own normalisation.
+pub fn validation_transform_with(img: &RgbImage, size: u32, norm: Normalization) -> Vec<f32> {
+    normalize_with(&resize_bicubic(img, size, size), norm)
 }
 
 /// torchvision's `RandomResizedCrop.get_params`: up to 10 tries at a random area and log-uniform

@@ -1,5 +1,7 @@
-//! Run checkpoints: one safetensors file holding the student (data2vec 2.0 key names, so it is
-//! also a loadable student), the AdamW moments (`optim.exp_avg.<key>`, `optim.exp_avg_sq.<key>`)
+//! Run checkpoints: one safetensors file holding the student (its family's key names — fairseq's
+//! for data2vec 2.0, unilm's for BEiT v2, timm's `VisionTransformer` names for a timm ViT — so it
+//! is also a loadable student; a width connector as `connector.weight`/`connector.bias`), the
+//! AdamW moments (`optim.exp_avg.<key>`, `optim.exp_avg_sq.<key>`)
 //! and, in the metadata, the architecture and the training state. Written to a temporary file and
 //! renamed, so a crash never leaves a half-written checkpoint.
 
@@ -13,8 +15,9 @@ use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use serde::{Deserialize, Serialize};
 
 use super::window::WindowState;
-use kdlab_model::model::Data2Vec2;
+use kdlab_model::model::Encoder;
 use kdlab_model::optim::{AdamW, GradScaler, Moments};
+use kdlab_model::pair::Student;
 use kdlab_model::weights::Architecture;
 use kdlab_model::weights::layout::{
     KDLAB_ARCHITECTURE_KEY, KDLAB_FORMAT, KDLAB_FORMAT_KEY, fairseq_name, kdlab_path_of_fairseq,
@@ -94,9 +97,25 @@ impl From<WindowState> for LossWindowState {
     }
 }
 
-/// The student's tensors under fairseq names, f32.
-pub fn student_tensors<B: Backend>(student: &Data2Vec2<B>) -> Vec<(String, TensorData)> {
+/// The student's tensors under its family's names (and the connector's), f32.
+pub fn student_tensors<B: Backend>(student: &Student<B>) -> Vec<(String, TensorData)> {
+    let fairseq = matches!(student.encoder, Encoder::Data2Vec2(_));
     student
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
+        .into_iter()
+        .filter_map(|s| {
+            let data = s.to_data().ok()?.convert_dtype(DType::F32);
+            Some((file_key(&s.full_path(), fairseq), data))
+        })
+        .collect()
+}
+
+/// A bare data2vec 2.0 module's tensors under fairseq names, f32 (what a data2vec 2.0 student's
+/// checkpoint holds; the parity tests compare with the fairseq goldens by these names).
+pub fn data2vec2_tensors<B: Backend, M: ModuleSnapshot<B>>(
+    module: &M,
+) -> Vec<(String, TensorData)> {
+    module
         .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
         .into_iter()
         .filter_map(|s| {
@@ -104,6 +123,52 @@ pub fn student_tensors<B: Backend>(student: &Data2Vec2<B>) -> Vec<(String, Tenso
             Some((fairseq_name(&s.full_path()), data))
         })
         .collect()
+}
+
+/// An encoder's tensors as its family's own files name them (`kdlab export`): fairseq's for
+/// data2vec 2.0, unilm's for BEiT v2, timm's for a timm ViT (`Eva`'s `gamma_1`/`gamma_2` for
+/// DINOv3), f32.
+pub fn encoder_tensors<B: Backend>(encoder: &Encoder<B>) -> Vec<(String, TensorData)> {
+    let name = |path: &str| match encoder {
+        Encoder::Data2Vec2(_) => fairseq_name(path),
+        Encoder::BeitV2(_) => path.to_string(),
+        Encoder::Vit(_) => kdlab_model::weights::timm_vit::file_key(path, eva_names(encoder)),
+    };
+    encoder
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
+        .into_iter()
+        .filter_map(|s| {
+            let data = s.to_data().ok()?.convert_dtype(DType::F32);
+            Some((name(&s.full_path()), data))
+        })
+        .collect()
+}
+
+/// Whether timm names this encoder's layer scales as `Eva` does (DINOv3).
+fn eva_names<B: Backend>(encoder: &Encoder<B>) -> bool {
+    matches!(encoder, Encoder::Vit(vit) if vit.family().is_eva())
+}
+
+/// A parameter path of `Student` (`encoder.…`, `connector.…`) → the file's key.
+fn file_key(path: &str, fairseq: bool) -> String {
+    match path.strip_prefix("encoder.") {
+        Some(rest) if fairseq => fairseq_name(rest),
+        Some(rest) => rest.to_string(),
+        None => path.to_string(),
+    }
+}
+
+/// The inverse of `file_key`.
+fn model_path(key: &str, fairseq: bool) -> String {
+    if key.starts_with("connector.") {
+        return key.to_string();
+    }
+    let inner = if fairseq {
+        kdlab_path_of_fairseq(key).unwrap_or_else(|| key.to_string())
+    } else {
+        key.to_string()
+    };
+    format!("encoder.{inner}")
 }
 
 /// The metadata that makes a safetensors file a kdlab file of `architecture`.
@@ -120,17 +185,18 @@ pub fn kdlab_metadata(architecture: &Architecture) -> anyhow::Result<HashMap<Str
 /// Writes the student, its optimiser moments and the state.
 pub fn save<B: Backend>(
     path: &Path,
-    student: &Data2Vec2<B>,
+    student: &Student<B>,
     architecture: &Architecture,
     optimizer: &AdamW<B>,
     state: &TrainState,
     config_ron: &str,
 ) -> anyhow::Result<()> {
     let mut tensors = student_tensors(student);
+    let fairseq = matches!(student.encoder, Encoder::Data2Vec2(_));
     let mut state = state.clone();
     state.optim_steps.clear();
     for (path, m) in &optimizer.state {
-        let key = fairseq_name(path);
+        let key = file_key(path, fairseq);
         tensors.push((format!("{EXP_AVG}{key}"), m.exp_avg.to_data()));
         tensors.push((format!("{EXP_AVG_SQ}{key}"), m.exp_avg_sq.to_data()));
         state.optim_steps.insert(key, m.step);
@@ -165,6 +231,18 @@ pub fn load_training_state<B: Backend>(
     };
     let state: TrainState = serde_json::from_str(&state_json)
         .with_context(|| format!("{}: invalid {TRAIN_STATE_KEY}", path.display()))?;
+    // The optimiser keys follow the student's family's names (fairseq for data2vec 2.0).
+    let fairseq = match meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(KDLAB_ARCHITECTURE_KEY))
+    {
+        Some(json) => matches!(
+            serde_json::from_str::<Architecture>(json),
+            Ok(Architecture::Data2Vec2(_))
+        ),
+        None => true,
+    };
     let tensor = |name: &str| -> anyhow::Result<Tensor<B, 1>> {
         let view = file
             .tensor(name)
@@ -181,7 +259,7 @@ pub fn load_training_state<B: Backend>(
     };
     let mut moments = HashMap::new();
     for (key, step) in &state.optim_steps {
-        let path_in_model = kdlab_path_of_fairseq(key).unwrap_or_else(|| key.clone());
+        let path_in_model = model_path(key, fairseq);
         moments.insert(
             path_in_model,
             Moments {

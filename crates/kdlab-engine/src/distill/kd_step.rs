@@ -7,9 +7,8 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 
 use super::collapse::token_moments;
-use crate::session::teacher_target;
-use kdlab_model::model::{BeitV2, Data2Vec2};
-use kdlab_model::target::{kd_loss, prepare_target};
+use kdlab_model::pair::{Student, Teacher};
+use kdlab_model::target::kd_loss;
 
 /// One batch's training step without the optimiser, everything left on the device.
 pub struct KdStep<B: AutodiffBackend> {
@@ -22,25 +21,26 @@ pub struct KdStep<B: AutodiffBackend> {
 }
 
 /// The KD loss of one batch and the student's gradients of `loss × grad_scale`. Each model
-/// computes in its own type (`computing_in`).
+/// computes in its own type (`computing_in`) on its own view of the images (one tensor twice
+/// for the thesis pair).
 pub fn kd_backward<B: AutodiffBackend>(
-    teacher: &BeitV2<B::InnerBackend>,
-    student: &Data2Vec2<B>,
-    images: Tensor<B::InnerBackend, 4>,
+    teacher: &Teacher<B::InnerBackend>,
+    student: &Student<B>,
+    (teacher_images, student_images): (Tensor<B::InnerBackend, 4>, Tensor<B::InnerBackend, 4>),
     grad_scale: f64,
 ) -> KdStep<B> {
-    let target = teacher_target(teacher, images.clone());
-    student_backward(student, images, target, grad_scale)
+    let target = teacher.target(teacher_images);
+    student_backward(student, student_images, target, grad_scale)
 }
 
 /// The student's half of `kd_backward`, against a given target.
 pub fn student_backward<B: AutodiffBackend>(
-    student: &Data2Vec2<B>,
+    student: &Student<B>,
     images: Tensor<B::InnerBackend, 4>,
     target: Tensor<B::InnerBackend, 3>,
     grad_scale: f64,
 ) -> KdStep<B> {
-    let prediction = prepare_target(&student.forward(Tensor::from_inner(images)).layer_results);
+    let prediction = student.prediction(Tensor::from_inner(images));
     let moments = token_moments(target.clone(), prediction.clone().inner());
     let loss = kd_loss(prediction, Tensor::from_inner(target));
     let value = loss.clone().inner();

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 
 use crate::config::RunConfig;
+use crate::data::views::Views;
 use crate::inspect::Analysis;
 use crate::inspect::analysis::{ProbeImage, layer_cka, student_tokens, teacher_tokens};
 use crate::inspect::files::{Provenance, stem, write_image_outputs};
-use kdlab_model::model::{BeitV2, Data2Vec2};
+use kdlab_model::pair::{Student, Teacher};
 
 /// Images that could not be read, with the reason.
 pub type Unreadable = Vec<(PathBuf, String)>;
@@ -20,7 +21,7 @@ pub struct ProbeSet {
     images: Vec<ProbeImage>,
     targets: Vec<Vec<f32>>,
     dim: usize,
-    size: usize,
+    views: Views,
 }
 
 impl ProbeSet {
@@ -29,15 +30,15 @@ impl ProbeSet {
     pub fn prepare<B: Backend>(
         paths: &[PathBuf],
         config: &RunConfig,
-        teacher: &BeitV2<B>,
-        size: usize,
+        teacher: &Teacher<B>,
+        views: Views,
         grid: usize,
         device: &B::Device,
     ) -> anyhow::Result<(Option<Self>, Unreadable)> {
         let mut images = Vec::new();
         let mut skipped = Vec::new();
         for path in paths {
-            match ProbeImage::load(path, size, grid, config.data.decode_limits()) {
+            match ProbeImage::load(path, views, grid, config.data.decode_limits()) {
                 Ok(image) => images.push(image),
                 Err(e) => skipped.push((path.clone(), e.message)),
             }
@@ -45,13 +46,13 @@ impl ProbeSet {
         if images.is_empty() {
             return Ok((None, skipped));
         }
-        let (targets, dim) = teacher_tokens(teacher, &images, size, device)?;
+        let (targets, dim) = teacher_tokens(teacher, &images, views, device)?;
         Ok((
             Some(Self {
                 images,
                 targets,
                 dim,
-                size,
+                views,
             }),
             skipped,
         ))
@@ -61,13 +62,13 @@ impl ProbeSet {
     /// layer CKA of teacher and student over all probe images (`cka.csv`, `cka.png`).
     pub fn write<B: Backend>(
         &self,
-        teacher: &BeitV2<B>,
-        student: &Data2Vec2<B>,
+        teacher: &Teacher<B>,
+        student: &Student<B>,
         dir: &Path,
         provenance: &Provenance,
         device: &B::Device,
     ) -> anyhow::Result<()> {
-        let (predictions, _) = student_tokens(student, &self.images, self.size, device)?;
+        let (predictions, _) = student_tokens(student, &self.images, self.views, device)?;
         for (i, ((image, target), prediction)) in self
             .images
             .iter()
@@ -78,6 +79,6 @@ impl ProbeSet {
             let analysis = Analysis::new(target.clone(), prediction, self.dim)?;
             write_image_outputs(dir, &stem(i, &image.path), image, &analysis, provenance)?;
         }
-        layer_cka(teacher, student, &self.images, self.size, device)?.write(dir)
+        layer_cka(teacher, student, &self.images, self.views, device)?.write(dir)
     }
 }

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use burn::module::AutodiffModule;
 use burn::optim::GradientsAccumulator;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData};
 
 use super::TrainControl;
 use super::collapse::spread;
@@ -20,8 +19,9 @@ use super::window::MetricWindows;
 use crate::config::RunConfig;
 use crate::data::ImageFolder;
 use crate::data::loader::Part;
-use kdlab_model::model::{BeitV2, Data2Vec2};
+use crate::data::views::Views;
 use kdlab_model::optim::{StepOutcome, StudentOptimizer};
+use kdlab_model::pair::{Student, Teacher};
 
 /// The devices one training step spans, as the trainer drives them: micro-batches in, one
 /// optimiser step per global batch, validation, and the run's stop.
@@ -39,8 +39,8 @@ pub(super) trait Replicas<B: AutodiffBackend> {
     /// images the run computed on, for the speed.
     fn accumulate(
         &mut self,
-        teacher: &BeitV2<B::InnerBackend>,
-        student: &Data2Vec2<B>,
+        teacher: &Teacher<B::InnerBackend>,
+        student: &Student<B>,
         pixels: Vec<f32>,
         len: usize,
         loss_scale: f64,
@@ -51,18 +51,18 @@ pub(super) trait Replicas<B: AutodiffBackend> {
     fn step(
         &mut self,
         optimizer: &mut StudentOptimizer<B::InnerBackend>,
-        student: Data2Vec2<B>,
+        student: Student<B>,
         lr: f64,
         windows: &mut MetricWindows<B::InnerBackend>,
-    ) -> anyhow::Result<(Data2Vec2<B>, StepOutcome)>;
+    ) -> anyhow::Result<(Student<B>, StepOutcome)>;
 
-    /// The validation loss over `folder` (at the models' input size), and the files this node
+    /// The validation loss over `folder` (each model at its own view), and the files this node
     /// could not read.
     fn validate(
         &mut self,
         config: &RunConfig,
-        teacher: &BeitV2<B::InnerBackend>,
-        student: &Data2Vec2<B>,
+        teacher: &Teacher<B::InnerBackend>,
+        student: &Student<B>,
         folder: &Arc<ImageFolder>,
     ) -> anyhow::Result<(f64, Vec<(PathBuf, String)>)>;
 
@@ -84,10 +84,10 @@ pub(super) struct OneDevice<B: AutodiffBackend> {
     device: B::Device,
     control: TrainControl,
     /// The gradients of the micro-batches since the last step.
-    accumulator: GradientsAccumulator<Data2Vec2<B>>,
+    accumulator: GradientsAccumulator<Student<B>>,
     grad_accum_steps: usize,
-    /// The models' input side (pixels per image: 3 × size²).
-    size: usize,
+    /// What each model sees (how a batch's pixels split).
+    views: Views,
 }
 
 impl<B: AutodiffBackend> OneDevice<B> {
@@ -95,14 +95,14 @@ impl<B: AutodiffBackend> OneDevice<B> {
         device: B::Device,
         control: TrainControl,
         grad_accum_steps: usize,
-        size: usize,
+        views: Views,
     ) -> Self {
         Self {
             device,
             control,
             accumulator: GradientsAccumulator::new(),
             grad_accum_steps,
-            size,
+            views,
         }
     }
 }
@@ -114,18 +114,14 @@ impl<B: AutodiffBackend> Replicas<B> for OneDevice<B> {
 
     fn accumulate(
         &mut self,
-        teacher: &BeitV2<B::InnerBackend>,
-        student: &Data2Vec2<B>,
+        teacher: &Teacher<B::InnerBackend>,
+        student: &Student<B>,
         pixels: Vec<f32>,
         len: usize,
         loss_scale: f64,
         windows: &mut MetricWindows<B::InnerBackend>,
     ) -> anyhow::Result<usize> {
-        let size = self.size;
-        let images = Tensor::<B::InnerBackend, 4>::from_data(
-            TensorData::new(pixels, [len, 3, size, size]),
-            &self.device,
-        );
+        let images = self.views.split(pixels, len, &self.device);
         // The micro-batches of a global batch are averaged here, in the gradients' scale.
         let grad_scale = loss_scale / self.grad_accum_steps as f64;
         let step = kd_backward(teacher, student, images, grad_scale);
@@ -138,10 +134,10 @@ impl<B: AutodiffBackend> Replicas<B> for OneDevice<B> {
     fn step(
         &mut self,
         optimizer: &mut StudentOptimizer<B::InnerBackend>,
-        student: Data2Vec2<B>,
+        student: Student<B>,
         lr: f64,
         _windows: &mut MetricWindows<B::InnerBackend>,
-    ) -> anyhow::Result<(Data2Vec2<B>, StepOutcome)> {
+    ) -> anyhow::Result<(Student<B>, StepOutcome)> {
         let grads = self.accumulator.grads();
         Ok(optimizer.step(lr, student, grads))
     }
@@ -149,11 +145,11 @@ impl<B: AutodiffBackend> Replicas<B> for OneDevice<B> {
     fn validate(
         &mut self,
         config: &RunConfig,
-        teacher: &BeitV2<B::InnerBackend>,
-        student: &Data2Vec2<B>,
+        teacher: &Teacher<B::InnerBackend>,
+        student: &Student<B>,
         folder: &Arc<ImageFolder>,
     ) -> anyhow::Result<(f64, Vec<(PathBuf, String)>)> {
-        validation_loss(config, teacher, &student.valid(), folder, self.size)
+        validation_loss(config, teacher, &student.valid(), folder, self.views)
     }
 
     fn stop_requested(&self) -> bool {

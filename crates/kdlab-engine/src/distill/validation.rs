@@ -6,31 +6,30 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use burn::module::Module;
+use burn::tensor::ElementConversion;
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, Tensor, TensorData};
 
 use crate::config::RunConfig;
 use crate::data::ImageFolder;
 use crate::data::loader::{LoaderSettings, Part, Transform, epoch_order, spawn_epoch};
-use crate::data::validation_transform;
-use crate::session::teacher_target;
-use kdlab_model::model::{BeitV2, Data2Vec2};
-use kdlab_model::target::{kd_loss, prepare_target};
+use crate::data::views::Views;
+use kdlab_model::pair::{Student, Teacher};
+use kdlab_model::target::kd_loss;
 
 /// The mean KD loss over `folder`, and the files that could not be read.
 pub fn validation_loss<B: Backend>(
     config: &RunConfig,
-    teacher: &BeitV2<B>,
-    student: &Data2Vec2<B>,
+    teacher: &Teacher<B>,
+    student: &Student<B>,
     folder: &Arc<ImageFolder>,
-    size: usize,
+    views: Views,
 ) -> anyhow::Result<(f64, Vec<(PathBuf, String)>)> {
     let (sum, skipped) = validation_sum(
         config,
         teacher,
         student,
         folder,
-        size,
+        views,
         Part::WHOLE,
         config.optim.batch_size,
     )?;
@@ -58,10 +57,10 @@ impl LossSum {
 /// run), in batches of `batch_size`.
 pub fn validation_sum<B: Backend>(
     config: &RunConfig,
-    teacher: &BeitV2<B>,
-    student: &Data2Vec2<B>,
+    teacher: &Teacher<B>,
+    student: &Student<B>,
     folder: &Arc<ImageFolder>,
-    size: usize,
+    views: Views,
     part: Part,
     batch_size: usize,
 ) -> anyhow::Result<(LossSum, Vec<(PathBuf, String)>)> {
@@ -80,19 +79,16 @@ pub fn validation_sum<B: Backend>(
         seed: config.seed,
         part: Part::WHOLE,
     };
-    let transform: Transform = Arc::new(move |img, _| validation_transform(img, size as u32));
+    let transform: Transform = Arc::new(move |img, _| views.validation(img));
     let (mut sum, mut skipped) = (LossSum::default(), Vec::new());
     for batch in spawn_epoch(folder.clone(), order, 0, 0, &settings, transform) {
         skipped.extend(batch.skipped);
         if batch.len == 0 {
             continue;
         }
-        let images = Tensor::<B, 4>::from_data(
-            TensorData::new(batch.pixels, [batch.len, 3, size, size]),
-            &device,
-        );
-        let target = teacher_target(teacher, images.clone());
-        let prediction = prepare_target(&student.forward(images).layer_results);
+        let (teacher_images, student_images) = views.split::<B>(batch.pixels, batch.len, &device);
+        let target = teacher.target(teacher_images);
+        let prediction = student.prediction(student_images);
         sum.total += kd_loss(prediction, target).into_scalar().elem::<f64>() * batch.len as f64;
         sum.images += batch.len;
     }

@@ -18,6 +18,7 @@ use super::report::EvalResult;
 use super::settings::{EvalConfig, Method};
 use crate::config::RunConfig;
 use crate::data::ImageSource;
+use crate::data::Normalization;
 use crate::session::{EngineError, RunDir, Session, on_backend, utc_timestamp};
 
 pub struct EvalRequest {
@@ -258,11 +259,17 @@ fn features_of<B: burn::tensor::backend::Backend>(
     let config = &request.config;
     let n = source.len();
     let key = format!(
-        "kdlab {}; model {}; pooling {}; image size {}; {} data, {split} split: {} images from {} to {}",
+        "kdlab {}; model {}; pooling {}; image size {}{}; {} data, {split} split: {} images from {} to {}",
         env!("CARGO_PKG_VERSION"),
         model.fingerprint,
         config.pooling.name(),
         model.image_size,
+        // Absent for ImageNet's normalisation, so earlier caches stay valid.
+        if model.normalization == Normalization::IMAGENET {
+            String::new()
+        } else {
+            format!(", normalised {:?}", model.normalization)
+        },
         config.dataset.name(),
         n,
         source.origin(0).display(),
@@ -278,6 +285,7 @@ fn features_of<B: burn::tensor::backend::Backend>(
             let extraction = Extraction {
                 encoder: &model.encoder,
                 image_size: model.image_size,
+                normalization: model.normalization,
                 pooling: config.pooling,
                 batch_size: config.batch_size,
                 workers: config.workers,

@@ -14,7 +14,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::settings::Pooling;
 use crate::data::loader::{LoaderSettings, Transform, spawn_epoch};
-use crate::data::{ImageSource, validation_transform};
+use crate::data::{ImageSource, Normalization, validation_transform_with};
 use crate::session::Interrupted;
 use kdlab_model::model::Encoder;
 
@@ -38,12 +38,17 @@ impl FeatureSet {
     }
 }
 
-/// The image feature the protocol uses, `[B, D]`, from the last hidden state `[B, 1 + N, D]`.
-pub fn pool<B: Backend>(last_hidden: Tensor<B, 3>, pooling: Pooling) -> Tensor<B, 2> {
+/// The image feature the protocol uses, `[B, D]`, from the last hidden state `[B, P + N, D]`
+/// with `prefix` = P tokens (CLS first, then registers) before the patches.
+pub fn pool<B: Backend>(
+    last_hidden: Tensor<B, 3>,
+    pooling: Pooling,
+    prefix: usize,
+) -> Tensor<B, 2> {
     let [batch, tokens, dim] = last_hidden.dims();
     match pooling {
         Pooling::MeanPatch => last_hidden
-            .narrow(1, 1, tokens - 1)
+            .narrow(1, prefix, tokens - prefix)
             .mean_dim(1)
             .reshape([batch, dim]),
         Pooling::Cls => last_hidden.narrow(1, 0, 1).reshape([batch, dim]),
@@ -53,6 +58,7 @@ pub fn pool<B: Backend>(last_hidden: Tensor<B, 3>, pooling: Pooling) -> Tensor<B
 pub struct Extraction<'a, B: Backend> {
     pub encoder: &'a Encoder<B>,
     pub image_size: usize,
+    pub normalization: Normalization,
     pub pooling: Pooling,
     pub batch_size: usize,
     pub workers: usize,
@@ -69,7 +75,9 @@ impl<B: Backend> Extraction<'_, B> {
     ) -> anyhow::Result<FeatureSet> {
         let total = source.len();
         let size = self.image_size as u32;
-        let transform: Transform = Arc::new(move |img, _rng| validation_transform(img, size));
+        let norm = self.normalization;
+        let transform: Transform =
+            Arc::new(move |img, _rng| validation_transform_with(img, size, norm));
         let settings = LoaderSettings::in_order(self.batch_size, self.workers);
         let order: Vec<usize> = (0..total).collect();
         let mut set = FeatureSet {
@@ -91,7 +99,11 @@ impl<B: Backend> Extraction<'_, B> {
                     TensorData::new(batch.pixels, [batch.len, 3, s, s]),
                     self.device,
                 );
-                let features = pool(self.encoder.forward(images).last_hidden, self.pooling);
+                let features = pool(
+                    self.encoder.forward(images).last_hidden,
+                    self.pooling,
+                    self.encoder.tokens().prefix(),
+                );
                 set.dim = features.dims()[1];
                 set.values.extend(
                     features
@@ -207,9 +219,9 @@ mod tests {
         let device = Default::default();
         // Two tokens of width 2 after CLS: [CLS=100, (1,2), (3,4)].
         let x = Tensor::<Flex, 3>::from_data([[[100.0, 100.0], [1.0, 2.0], [3.0, 4.0]]], &device);
-        let mean = pool(x.clone(), Pooling::MeanPatch).into_data();
+        let mean = pool(x.clone(), Pooling::MeanPatch, 1).into_data();
         assert_eq!(mean.to_vec::<f32>().unwrap(), [2.0, 3.0]);
-        let cls = pool(x, Pooling::Cls).into_data();
+        let cls = pool(x, Pooling::Cls, 1).into_data();
         assert_eq!(cls.to_vec::<f32>().unwrap(), [100.0, 100.0]);
     }
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::features::file_fingerprint;
 use crate::config::RunConfig;
+use crate::data::Normalization;
 use crate::session::TeacherSource;
 use kdlab_model::model::{BlockSelection, Encoder};
 use kdlab_model::weights::{Architecture, Checkpoint};
@@ -41,6 +42,8 @@ pub struct LoadedModel<B: Backend> {
     pub encoder: Encoder<B>,
     pub role: Role,
     pub image_size: usize,
+    /// Its input normalisation (its `config.json`'s, the run's, else ImageNet's).
+    pub normalization: Normalization,
     /// For people: the file, or how the random teacher was made.
     pub source: String,
     /// For the feature cache: changes whenever the weights could have.
@@ -57,11 +60,21 @@ impl ModelSpec {
                 let (role, image_size) = match &checkpoint.architecture {
                     Architecture::BeitV2(c) => (Role::Teacher, c.image_size),
                     Architecture::Data2Vec2(c) => (Role::Student, c.image_size),
+                    // A timm ViT file is a teacher unless it is cut to a student's blocks.
+                    Architecture::Vit(c) if depth.is_some() => (Role::Student, c.image_size),
+                    Architecture::Vit(c) => (Role::Teacher, c.image_size),
                 };
+                let normalization = checkpoint
+                    .preprocessing
+                    .as_ref()
+                    .map_or(Normalization::IMAGENET, |p| {
+                        Normalization::new(p.mean, p.std)
+                    });
                 Ok(LoadedModel {
                     encoder,
                     role,
                     image_size,
+                    normalization,
                     source: path.display().to_string(),
                     fingerprint: format!("{} depth {depth:?}", file_fingerprint(path)),
                 })
@@ -80,9 +93,10 @@ impl ModelSpec {
                 let teacher = source.build_alone::<B>(config.seed, device)?;
                 let architecture = source.architecture;
                 Ok(LoadedModel {
-                    encoder: Encoder::BeitV2(teacher),
+                    encoder: teacher,
                     role: Role::Teacher,
-                    image_size: architecture.image_size,
+                    image_size: architecture.image_size(),
+                    normalization: source.view.normalization,
                     source: format!("random teacher from seed {}", config.seed),
                     fingerprint: format!(
                         "random teacher {architecture:?} seed {} on {}",

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
 use image::RgbImage;
 
 use super::attention::{AttentionMaps, model_attention};
@@ -13,12 +13,12 @@ use super::cka::{CkaAccumulator, CkaMatrix};
 use super::patch_maps::{PatchMapError, PatchMaps};
 use super::pca::PcaBasis;
 use super::render::display_side;
+use crate::data::decode_rgb;
 use crate::data::image_file::{DecodeError, DecodeLimits};
 use crate::data::resize::resize_bicubic;
-use crate::data::{decode_rgb, validation_transform};
-use crate::session::{ModelPlan, teacher_target};
-use kdlab_model::model::{BeitV2, Data2Vec2};
-use kdlab_model::target::prepare_target;
+use crate::data::views::Views;
+use crate::session::ModelPlan;
+use kdlab_model::pair::{Student, Teacher};
 
 /// Images per forward pass when analysing many.
 const CHUNK: usize = 16;
@@ -27,7 +27,7 @@ const CHUNK: usize = 16;
 #[derive(Debug, Clone)]
 pub struct ProbeImage {
     pub path: PathBuf,
-    /// `[3, size, size]`, normalised (the validation transform).
+    /// Each model's view of it, normalised (the validation transform; `Views::pixels`).
     pub pixels: Vec<f32>,
     /// The same squash to a square, at `display_side(grid)` pixels for the pictures.
     pub display: RgbImage,
@@ -36,7 +36,7 @@ pub struct ProbeImage {
 impl ProbeImage {
     pub fn load(
         path: &Path,
-        size: usize,
+        views: Views,
         grid: usize,
         limits: DecodeLimits,
     ) -> Result<Self, DecodeError> {
@@ -44,7 +44,7 @@ impl ProbeImage {
         let side = display_side(grid);
         Ok(Self {
             path: path.to_path_buf(),
-            pixels: validation_transform(&rgb, size as u32),
+            pixels: views.validation(&rgb),
             display: resize_bicubic(&rgb, side, side),
         })
     }
@@ -83,37 +83,36 @@ impl Analysis {
 
 /// The teacher's prepared target for each image, `[T·D]` each.
 pub fn teacher_tokens<B: Backend>(
-    teacher: &BeitV2<B>,
+    teacher: &Teacher<B>,
     images: &[ProbeImage],
-    size: usize,
+    views: Views,
     device: &B::Device,
 ) -> anyhow::Result<(Vec<Vec<f32>>, usize)> {
-    tokens_per_image(images, size, device, |x| teacher_target(teacher, x))
+    tokens_per_image(images, views, device, |(x, _)| teacher.target(x))
 }
 
 /// The student's prepared prediction for each image, `[T·D]` each.
 pub fn student_tokens<B: Backend>(
-    student: &Data2Vec2<B>,
+    student: &Student<B>,
     images: &[ProbeImage],
-    size: usize,
+    views: Views,
     device: &B::Device,
 ) -> anyhow::Result<(Vec<Vec<f32>>, usize)> {
-    tokens_per_image(images, size, device, |x| {
-        prepare_target(&student.forward(x).layer_results)
-    })
+    tokens_per_image(images, views, device, |(_, x)| student.prediction(x))
 }
 
-/// Runs `model` on chunks of images; returns per-image tokens and D.
+/// Runs `model` on chunks of images (the teacher's and the student's view); returns per-image
+/// tokens and D.
 fn tokens_per_image<B: Backend>(
     images: &[ProbeImage],
-    size: usize,
+    views: Views,
     device: &B::Device,
-    model: impl Fn(Tensor<B, 4>) -> Tensor<B, 3>,
+    model: impl Fn((Tensor<B, 4>, Tensor<B, 4>)) -> Tensor<B, 3>,
 ) -> anyhow::Result<(Vec<Vec<f32>>, usize)> {
     let mut out = Vec::with_capacity(images.len());
     let mut dim = 0;
     for chunk in images.chunks(CHUNK) {
-        let y = model(pixels_of(chunk, size, device)); // [n, T, D]
+        let y = model(pixels_of(chunk, views, device)); // [n, T, D]
         let [n, tokens, d] = y.dims();
         dim = d;
         let values = y
@@ -126,32 +125,47 @@ fn tokens_per_image<B: Backend>(
     Ok((out, dim))
 }
 
-/// The images' pixels as one batch `[n, 3, size, size]`.
-fn pixels_of<B: Backend>(images: &[ProbeImage], size: usize, device: &B::Device) -> Tensor<B, 4> {
+/// The images as one batch per model: `[n, 3, S_t, S_t]` and `[n, 3, S_s, S_s]`.
+fn pixels_of<B: Backend>(
+    images: &[ProbeImage],
+    views: Views,
+    device: &B::Device,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let pixels: Vec<f32> = images
         .iter()
         .flat_map(|i| i.pixels.iter().copied())
         .collect();
-    Tensor::from_data(
-        TensorData::new(pixels, [images.len(), 3, size, size]),
-        device,
-    )
+    views.split(pixels, images.len(), device)
 }
 
 /// Linear CKA of every teacher layer result with every student layer result over the tokens
-/// of `images` (`cka` says how).
+/// of `images` (`cka` says how): the target's tokens (registers dropped), the teacher's on the
+/// student's grid.
 pub fn layer_cka<B: Backend>(
-    teacher: &BeitV2<B>,
-    student: &Data2Vec2<B>,
+    teacher: &Teacher<B>,
+    student: &Student<B>,
     images: &[ProbeImage],
-    size: usize,
+    views: Views,
     device: &B::Device,
 ) -> anyhow::Result<CkaMatrix> {
     let mut cka = CkaAccumulator::default();
+    let pair = teacher.pair;
     for chunk in images.chunks(CHUNK) {
-        let x = pixels_of(chunk, size, device);
-        let t = teacher.forward(x.clone()).layer_results;
-        let s = student.forward(x).layer_results;
+        let (xt, xs) = pixels_of(chunk, views, device);
+        let t: Vec<_> = teacher
+            .encoder
+            .forward(xt)
+            .layer_results
+            .into_iter()
+            .map(|h| pair.teacher_layer_tokens(h))
+            .collect();
+        let s: Vec<_> = student
+            .encoder
+            .forward(xs)
+            .layer_results
+            .into_iter()
+            .map(|h| pair.student_layer_tokens(h))
+            .collect();
         cka.add(&t, &s);
     }
     cka.finish(images.len())
@@ -159,10 +173,11 @@ pub fn layer_cka<B: Backend>(
 
 /// Teacher and student loaded for inspection (inference only, on any backend).
 pub struct InspectedPair<B: Backend> {
-    pub teacher: BeitV2<B>,
-    pub student: Data2Vec2<B>,
-    /// Input side and patch-grid side of the student.
-    pub size: usize,
+    pub teacher: Teacher<B>,
+    pub student: Student<B>,
+    /// What each model sees.
+    pub views: Views,
+    /// Patch-grid side of the student (every map is drawn on it).
     pub grid: usize,
     limits: DecodeLimits,
     device: B::Device,
@@ -177,11 +192,11 @@ impl<B: Backend> InspectedPair<B> {
         device: &B::Device,
     ) -> anyhow::Result<Self> {
         let (teacher, student) = plan.build_pair::<B, B>(device)?;
-        let (size, grid) = plan.geometry();
+        let (_, grid) = plan.geometry();
         Ok(Self {
             teacher,
             student,
-            size,
+            views: plan.views(),
             grid,
             limits,
             device: device.clone(),
@@ -189,23 +204,26 @@ impl<B: Backend> InspectedPair<B> {
     }
 
     pub fn load_image(&self, path: &Path) -> Result<ProbeImage, DecodeError> {
-        ProbeImage::load(path, self.size, self.grid, self.limits)
+        ProbeImage::load(path, self.views, self.grid, self.limits)
     }
 
     /// Both models' CLS attention (last block, per head) and rollout for each image.
     pub fn attention(&self, images: &[ProbeImage]) -> anyhow::Result<Vec<AttentionMaps>> {
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(CHUNK) {
-            let x = pixels_of(chunk, self.size, &self.device);
-            let teacher = model_attention(&self.teacher.attention_weights(x.clone()))?;
-            let student = model_attention(&self.student.attention_weights(x))?;
+            let (xt, xs) = pixels_of(chunk, self.views, &self.device);
+            let (t, s) = (&self.teacher.encoder, &self.student.encoder);
+            let teacher = model_attention(&t.attention_weights(xt), t.tokens().prefix())?;
+            let student = model_attention(&s.attention_weights(xs), s.tokens().prefix())?;
+            let pair = self.teacher.pair;
             out.extend(
                 teacher
                     .into_iter()
                     .zip(student)
                     .map(|(teacher, student)| AttentionMaps {
                         grid: self.grid,
-                        teacher,
+                        // The teacher's maps on the student's grid, where every map is drawn.
+                        teacher: teacher.on_grid(pair.teacher.grid, pair.student.grid),
                         student,
                     }),
             );
@@ -219,15 +237,15 @@ impl<B: Backend> InspectedPair<B> {
             &self.teacher,
             &self.student,
             images,
-            self.size,
+            self.views,
             &self.device,
         )
     }
 
     /// Maps and tokens of each image.
     pub fn analyse(&self, images: &[ProbeImage]) -> anyhow::Result<Vec<Analysis>> {
-        let (targets, dim) = teacher_tokens(&self.teacher, images, self.size, &self.device)?;
-        let (predictions, _) = student_tokens(&self.student, images, self.size, &self.device)?;
+        let (targets, dim) = teacher_tokens(&self.teacher, images, self.views, &self.device)?;
+        let (predictions, _) = student_tokens(&self.student, images, self.views, &self.device)?;
         targets
             .into_iter()
             .zip(predictions)

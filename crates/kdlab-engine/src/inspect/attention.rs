@@ -11,6 +11,7 @@ use anyhow::Context;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use image::RgbImage;
+use kdlab_model::model::resample::Interpolation;
 
 use super::colormap::{Colormap, ValueRange};
 use super::render::{colour_bar, figure, overlay};
@@ -25,6 +26,38 @@ pub struct ModelAttention {
 }
 
 impl ModelAttention {
+    /// The same maps resampled from a `from`×`from` patch grid to `to`×`to` (bilinear): a
+    /// teacher on another grid drawn on the student's.
+    pub fn on_grid(self, from: usize, to: usize) -> Self {
+        if from == to {
+            return self;
+        }
+        let weights = Interpolation::Bilinear.weights(from, to);
+        let resample = |map: &[f32]| -> Vec<f32> {
+            let mut out = vec![0f32; to * to];
+            for r in 0..to {
+                for c in 0..to {
+                    let mut value = 0f32;
+                    for i in 0..from {
+                        let wr = weights[r * from + i];
+                        if wr == 0.0 {
+                            continue;
+                        }
+                        for j in 0..from {
+                            value += wr * weights[c * from + j] * map[i * from + j];
+                        }
+                    }
+                    out[r * to + c] = value;
+                }
+            }
+            out
+        };
+        Self {
+            heads: self.heads.iter().map(|h| resample(h)).collect(),
+            rollout: resample(&self.rollout),
+        }
+    }
+
     /// The mean over heads of the last block's CLS row.
     pub fn head_mean(&self) -> Vec<f32> {
         let count = self.heads.len().max(1) as f32;
@@ -71,21 +104,23 @@ impl AttentionView {
     }
 }
 
-/// Per image of the batch: the last block's CLS row over the patches per head, `[B, H, N]`.
+/// Per image of the batch: the last block's CLS row over the patches per head, `[B, H, N]`;
+/// the `prefix` tokens (CLS, registers) come before the patches.
 ///
 /// # Shapes
-/// - last: `[B, H, T, T]` → `[B, H, T − 1]`
-pub fn cls_attention<B: Backend>(last: Tensor<B, 4>) -> Tensor<B, 3> {
+/// - last: `[B, H, T, T]` → `[B, H, T − prefix]`
+pub fn cls_attention<B: Backend>(last: Tensor<B, 4>, prefix: usize) -> Tensor<B, 3> {
     let [batch, heads, tokens, _] = last.dims();
-    last.slice([0..batch, 0..heads, 0..1, 1..tokens])
-        .reshape([batch, heads, tokens - 1])
+    last.slice([0..batch, 0..heads, 0..1, prefix..tokens])
+        .reshape([batch, heads, tokens - prefix])
 }
 
-/// Attention rollout of the blocks' weights (first block first), the CLS row over the patches.
+/// Attention rollout of the blocks' weights (first block first), the CLS row over the patches
+/// (after the `prefix` tokens: CLS, registers).
 ///
 /// # Shapes
-/// - each of weights: `[B, H, T, T]` → `[B, T − 1]`
-pub fn rollout<B: Backend>(weights: &[Tensor<B, 4>]) -> Option<Tensor<B, 2>> {
+/// - each of weights: `[B, H, T, T]` → `[B, T − prefix]`
+pub fn rollout<B: Backend>(weights: &[Tensor<B, 4>], prefix: usize) -> Option<Tensor<B, 2>> {
     let [batch, _, tokens, _] = weights.first()?.dims();
     let device = weights[0].device();
     let eye: Tensor<B, 3> = Tensor::<B, 2>::eye(tokens, &device)
@@ -100,27 +135,28 @@ pub fn rollout<B: Backend>(weights: &[Tensor<B, 4>]) -> Option<Tensor<B, 2>> {
     }
     Some(
         result
-            .slice([0..batch, 0..1, 1..tokens])
-            .reshape([batch, tokens - 1]),
+            .slice([0..batch, 0..1, prefix..tokens])
+            .reshape([batch, tokens - prefix]),
     )
 }
 
 /// The maps of every image of a batch, from one model's block weights.
 pub fn model_attention<B: Backend>(
     weights: &[Tensor<B, 4>],
+    prefix: usize,
 ) -> anyhow::Result<Vec<ModelAttention>> {
-    let (Some(last), Some(rolled)) = (weights.last(), rollout(weights)) else {
+    let (Some(last), Some(rolled)) = (weights.last(), rollout(weights, prefix)) else {
         anyhow::bail!("the model has no attention blocks");
     };
     let [batch, heads, tokens, _] = last.dims();
-    let patches = tokens - 1;
+    let patches = tokens - prefix;
     let read = |t: Tensor<B, 3>| -> anyhow::Result<Vec<f32>> {
         t.into_data()
             .convert::<f32>()
             .to_vec()
             .map_err(|e| anyhow::anyhow!("reading the attention maps back: {e:?}"))
     };
-    let cls = read(cls_attention(last.clone()))?;
+    let cls = read(cls_attention(last.clone(), prefix))?;
     let rolled = read(rolled.unsqueeze::<3>())?;
     Ok((0..batch)
         .map(|b| ModelAttention {
@@ -282,7 +318,7 @@ mod tests {
             }
             by_hand = matmul(&a, &by_hand, t);
         }
-        let maps = model_attention(&weights).unwrap();
+        let maps = model_attention(&weights, 1).unwrap();
         for (got, want) in maps[0].rollout.iter().zip(&by_hand[1..t]) {
             assert!((f64::from(*got) - want).abs() < 1e-6, "{got} vs {want}");
         }

@@ -106,12 +106,13 @@ pub fn write_heatmaps(
     request: &HeatmapRequest,
 ) -> Result<HeatmapOutputs, EngineError> {
     let plan = ModelPlan::resolve(&request.config, request.checkpoint.as_deref())?;
-    let (size, grid) = plan.geometry();
+    let (_, grid) = plan.geometry();
+    let views = plan.views();
     let limits = request.config.data.decode_limits();
     let images = request
         .images
         .iter()
-        .map(|path| ProbeImage::load(path, size, grid, limits))
+        .map(|path| ProbeImage::load(path, views, grid, limits))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| EngineError::Failed(e.into()))?;
     let (analyses, attention, cka) = on_backend!(session, None, |B, device| {

@@ -11,7 +11,7 @@ pub mod run_dir;
 pub mod tensorboard;
 
 pub use error::{EngineError, Interrupted};
-pub use models::{ModelPlan, Models, TeacherSource, teacher_target};
+pub use models::{ModelPlan, Models, TeacherSource, View, Views};
 pub use run_dir::{MetricsLine, RunDir, RunRecorder, utc_timestamp};
 
 use crate::backend::{BackendChoice, Selected};

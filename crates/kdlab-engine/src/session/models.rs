@@ -1,48 +1,64 @@
-//! The teacher and the student a run config describes: where each comes from (a weights file,
-//! a run checkpoint, a random init from the seed), every architecture known and checked against
-//! the config before any tensor exists, then built — seeded, materialised, teacher first — the
-//! same way by every command and panel.
+//! The teacher and the student a run config describes: where each comes from (a weights file of
+//! any family, a run checkpoint, a random init from the seed, the teacher's own blocks), what
+//! each sees (its input size and normalisation), how their tokens meet (registers, a width
+//! connector, grid matching), every architecture known and checked against the config before
+//! any tensor exists, then built — seeded, materialised, teacher first — the same way by every
+//! command and panel.
 
 use std::path::Path;
 
-use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
-use crate::config::{ConfigError, Precision, Problems, RunConfig, shared_token_problems};
+use crate::config::{ConfigError, NormalizationConfig, Precision, Problems, RunConfig};
+use crate::data::Normalization;
+pub use crate::data::views::{View, Views};
+use kdlab_model::model::Encoder;
 use kdlab_model::model::generator::{materialize, seeded};
-use kdlab_model::model::{BeitV2, BeitV2Config, BlockSelection, Data2Vec2, Data2Vec2Config};
-use kdlab_model::target::prepare_target;
+use kdlab_model::pair::{KdPair, PairError, Side, Student, Teacher, width_connector};
 use kdlab_model::weights::{Architecture, Checkpoint};
 
 /// Student and teacher for training: the frozen teacher outside autodiff.
 pub struct Models<B: AutodiffBackend> {
-    pub teacher: BeitV2<B::InnerBackend>,
-    pub student: Data2Vec2<B>,
+    pub teacher: Teacher<B::InnerBackend>,
+    pub student: Student<B>,
 }
 
 /// Where the teacher comes from.
 pub struct TeacherSource {
     checkpoint: Option<Checkpoint>,
-    pub architecture: BeitV2Config,
+    /// The file's (or config's) architecture, at its own size.
+    base: Architecture,
+    /// As it runs: at `view.size`.
+    pub architecture: Architecture,
+    pub view: View,
+}
+
+/// Where the student's weights come from.
+enum StudentOrigin {
+    File(Box<Checkpoint>),
+    Random,
+    /// The teacher's own blocks (its file, or the random teacher rebuilt from the seed).
+    Teacher,
 }
 
 /// Where the student comes from.
 pub struct StudentSource {
-    checkpoint: Option<Checkpoint>,
-    /// Which main blocks of the source it keeps (`All` for a run checkpoint: it holds only those).
-    selection: BlockSelection,
-    /// The source's architecture (all its main blocks).
-    base: Data2Vec2Config,
-    /// The main blocks of `base` it keeps.
+    origin: StudentOrigin,
+    /// The source's architecture (all its blocks), at its own size.
+    base: Architecture,
+    /// The selectable blocks of `base` it keeps.
     keep: Vec<usize>,
-    /// The student's own: `base` with only the kept blocks.
-    pub architecture: Data2Vec2Config,
+    /// The student's own: `base` with only the kept blocks, at `view.size`.
+    pub architecture: Architecture,
+    pub view: View,
+    pub connector: bool,
 }
 
 /// Both models of a run, resolved and checked, not yet built.
 pub struct ModelPlan {
     pub teacher: TeacherSource,
     pub student: StudentSource,
+    pub pair: KdPair,
     pub precision: Precision,
     pub seed: u64,
 }
@@ -59,14 +75,18 @@ impl ModelPlan {
         config.validate()?;
         let mut found = Problems::default();
         let teacher = TeacherSource::resolve(config, &mut found);
-        let student = StudentSource::resolve(config, student_checkpoint, &mut found);
-        if let (Some(t), Some(s)) = (&teacher, &student) {
-            shared_token_problems(&t.architecture, &s.architecture, &mut found);
-        }
-        match (teacher, student) {
-            (Some(teacher), Some(student)) if found.0.is_empty() => Ok(Self {
+        let student = teacher
+            .as_ref()
+            .and_then(|t| StudentSource::resolve(config, t, student_checkpoint, &mut found));
+        let pair = match (&teacher, &student) {
+            (Some(t), Some(s)) => pair_of(config, t, s, &mut found),
+            _ => None,
+        };
+        match (teacher, student, pair) {
+            (Some(teacher), Some(student), Some(pair)) if found.0.is_empty() => Ok(Self {
                 teacher,
                 student,
+                pair,
                 precision: config.precision,
                 seed: config.seed,
             }),
@@ -79,13 +99,20 @@ impl ModelPlan {
 
     /// The student's architecture as its checkpoints record it.
     pub fn student_architecture(&self) -> Architecture {
-        Architecture::Data2Vec2(self.student.architecture.clone())
+        self.student.architecture.clone()
     }
 
-    /// (input side, patch-grid side) of both models.
+    /// What each model sees.
+    pub fn views(&self) -> Views {
+        Views {
+            teacher: self.teacher.view,
+            student: self.student.view,
+        }
+    }
+
+    /// (input side, patch-grid side) of the student, the grid every per-patch map is drawn on.
     pub fn geometry(&self) -> (usize, usize) {
-        let s = &self.student.architecture;
-        (s.image_size, s.image_size / s.patch_size)
+        (self.student.view.size, self.pair.student.grid)
     }
 
     /// Teacher and student on two backends that share a device (the inner and the autodiff
@@ -98,12 +125,46 @@ impl ModelPlan {
     pub fn build_pair<TB: Backend, SB: Backend<Device = TB::Device>>(
         &self,
         device: &TB::Device,
-    ) -> anyhow::Result<(BeitV2<TB>, Data2Vec2<SB>)> {
+    ) -> anyhow::Result<(Teacher<TB>, Student<SB>)> {
         seeded::<TB, _>(device, self.seed, || {
             let teacher = materialize(self.teacher.build::<TB>(device)?);
-            let student = materialize(self.student.build::<SB>(device)?);
+            let encoder = match &self.student.origin {
+                StudentOrigin::Teacher => {
+                    // The random teacher again, drawn from the same seed on the student's backend.
+                    SB::seed(device, self.seed);
+                    self.teacher
+                        .build::<SB>(device)?
+                        .select_blocks(&self.student.keep)
+                        .with_grid(self.pair.student.grid)
+                }
+                _ => self.student.build::<SB>(device)?,
+            };
+            let encoder = materialize(encoder);
+            let connector = match &self.student.origin {
+                StudentOrigin::File(checkpoint) => checkpoint.load_connector::<SB>(device)?,
+                _ => None,
+            };
+            let connector = match connector {
+                Some(loaded) => Some(loaded),
+                None if self.student.connector => Some(materialize(width_connector::<SB>(
+                    self.pair.student.embed_dim,
+                    self.pair.teacher.embed_dim,
+                    device,
+                ))),
+                None => None,
+            };
             let dtype = self.precision.compute_dtype();
-            Ok((teacher.computing_in(dtype), student.computing_in(dtype)))
+            Ok((
+                Teacher {
+                    encoder: teacher.teacher_computing_in(dtype),
+                    pair: self.pair,
+                },
+                Student {
+                    encoder: encoder.student_computing_in(dtype),
+                    connector,
+                    pair: self.pair,
+                },
+            ))
         })
     }
 
@@ -114,54 +175,156 @@ impl ModelPlan {
     }
 }
 
+/// How the two models' tokens meet, or the problems that keep them apart.
+fn pair_of(
+    config: &RunConfig,
+    teacher: &TeacherSource,
+    student: &StudentSource,
+    found: &mut Problems,
+) -> Option<KdPair> {
+    let side = |architecture: &Architecture, view: &View| Side {
+        tokens: architecture.tokens(),
+        grid: view.size / architecture.patch_size(),
+        embed_dim: architecture.embed_dim(),
+    };
+    let pair = KdPair {
+        teacher: side(&teacher.architecture, &teacher.view),
+        student: side(&student.architecture, &student.view),
+        resample_grid: config.teacher.resample_to_student_grid,
+    };
+    let check = pair.check(
+        teacher.architecture.patch_size(),
+        student.architecture.patch_size(),
+        student.connector,
+    );
+    match check {
+        Ok(()) => {
+            if !pair.keeps_class_token() {
+                tracing::info!(
+                    "the teacher and the student do not both have a CLS token: the target is \
+                     over the patches only"
+                );
+            }
+            Some(pair)
+        }
+        Err(error) => {
+            let field = match error {
+                PairError::Grids { .. } => "student.image_size",
+                PairError::ConnectorMissing { .. }
+                | PairError::ConnectorNotNeeded { .. }
+                | PairError::ConnectorShape { .. } => "student.connector",
+            };
+            found.push(field, error.to_string());
+            None
+        }
+    }
+}
+
+/// A model's view: the configured size (checked against its patch size and family) or its own,
+/// the configured normalisation or its file's `pretrained_cfg`, else ImageNet's.
+fn view_of(
+    architecture: &Architecture,
+    checkpoint: Option<&Checkpoint>,
+    size: Option<usize>,
+    normalization: Option<&NormalizationConfig>,
+    field: &str,
+    found: &mut Problems,
+) -> Option<View> {
+    let own = architecture.image_size();
+    let patch = architecture.patch_size();
+    let size = size.unwrap_or(own);
+    if !size.is_multiple_of(patch) {
+        found.push(
+            format!("{field}.image_size"),
+            format!("{size} px is not a multiple of the patch size {patch}"),
+        );
+        return None;
+    }
+    if size != own && !architecture.runs_at_any_size() {
+        found.push(
+            format!("{field}.image_size"),
+            format!(
+                "a {} model runs at its own size {own} px only (its positions belong to that \
+                 grid)",
+                architecture.family()
+            ),
+        );
+        return None;
+    }
+    let normalization = match (
+        normalization,
+        checkpoint.and_then(|c| c.preprocessing.as_ref()),
+    ) {
+        (Some(n), _) => {
+            Normalization::new([n.mean.0, n.mean.1, n.mean.2], [n.std.0, n.std.1, n.std.2])
+        }
+        (None, Some(p)) => Normalization::new(p.mean, p.std),
+        (None, None) => Normalization::IMAGENET,
+    };
+    Some(View {
+        size,
+        normalization,
+    })
+}
+
 impl TeacherSource {
     fn resolve(config: &RunConfig, found: &mut Problems) -> Option<Self> {
-        let stated = &config.teacher.architecture;
-        let Some(path) = &config.teacher.weights else {
-            let Some(architecture) = stated.clone() else {
+        let t = &config.teacher;
+        let (checkpoint, base) = match (&t.weights, &t.architecture, &t.vit) {
+            (None, Some(architecture), _) => (None, Architecture::BeitV2(architecture.clone())),
+            (None, None, Some(vit)) => (None, Architecture::Vit(vit.clone())),
+            (None, None, None) => {
                 found.push(
                     "teacher",
-                    "give `weights` or an `architecture` for a random teacher",
+                    "give `weights`, an `architecture` or a `vit` for a random teacher",
                 );
                 return None;
-            };
-            return Some(Self {
-                checkpoint: None,
-                architecture,
-            });
+            }
+            (Some(path), stated, stated_vit) => {
+                let checkpoint = open(path, "teacher.weights", found)?;
+                let base = checkpoint.architecture.clone();
+                let stated = stated
+                    .clone()
+                    .map(Architecture::BeitV2)
+                    .or_else(|| stated_vit.clone().map(Architecture::Vit));
+                if let Some(stated) = stated
+                    && stated != base
+                {
+                    found.push(
+                        "teacher.architecture",
+                        format!(
+                            "the config states {stated:?}, but {} holds {base:?}",
+                            path.display()
+                        ),
+                    );
+                }
+                (Some(checkpoint), base)
+            }
         };
-        let checkpoint = open(path, "teacher.weights", found)?;
-        let Architecture::BeitV2(architecture) = checkpoint.architecture.clone() else {
-            found.push(
-                "teacher.weights",
-                format!(
-                    "{} is a data2vec 2.0 model, not a BEiT v2 teacher",
-                    path.display()
-                ),
-            );
-            return None;
-        };
-        if let Some(stated) = stated
-            && *stated != architecture
-        {
-            found.push(
-                "teacher.architecture",
-                format!(
-                    "the config states {stated:?}, but {} holds {architecture:?}",
-                    path.display()
-                ),
-            );
-        }
+        let view = view_of(
+            &base,
+            checkpoint.as_ref(),
+            t.image_size,
+            t.normalization.as_ref(),
+            "teacher",
+            found,
+        )?;
         Some(Self {
-            checkpoint: Some(checkpoint),
-            architecture,
+            architecture: base.cut(base.depth(), view.size),
+            checkpoint,
+            base,
+            view,
         })
     }
 
-    fn build<B: Backend>(&self, device: &B::Device) -> anyhow::Result<BeitV2<B>> {
+    /// The teacher, every block, at its view's size (not yet seeded or materialised).
+    fn build<B: Backend>(&self, device: &B::Device) -> anyhow::Result<Encoder<B>> {
+        let grid = self.view.size / self.base.patch_size();
         Ok(match &self.checkpoint {
-            Some(checkpoint) => checkpoint.load_beit_v2::<B>(device)?,
-            None => self.architecture.init::<B>(device),
+            Some(checkpoint) => {
+                checkpoint.load_encoder_blocks::<B>(None, Some(self.view.size), device)?
+            }
+            None => self.base.init_encoder::<B>(device).with_grid(grid),
         })
     }
 
@@ -171,7 +334,7 @@ impl TeacherSource {
         &self,
         seed: u64,
         device: &B::Device,
-    ) -> anyhow::Result<BeitV2<B>> {
+    ) -> anyhow::Result<Encoder<B>> {
         seeded::<B, _>(device, seed, || Ok(materialize(self.build::<B>(device)?)))
     }
 
@@ -192,87 +355,128 @@ impl TeacherSource {
 impl StudentSource {
     fn resolve(
         config: &RunConfig,
+        teacher: &TeacherSource,
         run_checkpoint: Option<&Path>,
         found: &mut Problems,
     ) -> Option<Self> {
-        let stated = &config.student.architecture;
-        let (path, field, selection) = match (run_checkpoint, &config.student.weights) {
-            (Some(path), _) => (path, "checkpoint", BlockSelection::All),
-            (None, Some(path)) => (path.as_path(), "student.weights", config.student.blocks),
-            (None, None) => {
-                let Some(base) = stated.clone() else {
+        let s = &config.student;
+        let blocks = s.blocks;
+        let (origin, base, field, selection) = match (run_checkpoint, &s.weights) {
+            (Some(path), _) => {
+                let checkpoint = open(path, "checkpoint", found)?;
+                let base = checkpoint.architecture.clone();
+                (
+                    StudentOrigin::File(Box::new(checkpoint)),
+                    base,
+                    "checkpoint",
+                    None,
+                )
+            }
+            (None, _) if s.from_teacher => (
+                StudentOrigin::Teacher,
+                teacher.base.clone(),
+                "student.blocks",
+                Some(blocks),
+            ),
+            (None, Some(path)) => {
+                let checkpoint = open(path, "student.weights", found)?;
+                let base = checkpoint.architecture.clone();
+                let stated = s
+                    .architecture
+                    .clone()
+                    .map(Architecture::Data2Vec2)
+                    .or_else(|| s.vit.clone().map(Architecture::Vit));
+                if let Some(stated) = stated
+                    && stated != base
+                {
                     found.push(
-                        "student",
-                        "give `weights` or an `architecture` for a random student",
+                        "student.architecture",
+                        format!(
+                            "the config states {stated:?}, but {} holds {base:?}",
+                            path.display()
+                        ),
                     );
-                    return None;
-                };
-                let blocks = config.student.blocks;
-                return match blocks.main_blocks(base.prenet_depth, base.depth) {
-                    Ok(keep) => Some(Self::new(None, blocks, base, keep)),
-                    Err(message) => {
-                        found.push("student.blocks", message);
-                        None
+                }
+                (
+                    StudentOrigin::File(Box::new(checkpoint)),
+                    base,
+                    "student.blocks",
+                    Some(blocks),
+                )
+            }
+            (None, None) => {
+                let base = match (&s.architecture, &s.vit) {
+                    (Some(architecture), _) => Architecture::Data2Vec2(architecture.clone()),
+                    (None, Some(vit)) => Architecture::Vit(vit.clone()),
+                    (None, None) => {
+                        found.push(
+                            "student",
+                            "give `weights`, an `architecture` or a `vit` for a random student",
+                        );
+                        return None;
                     }
                 };
+                (StudentOrigin::Random, base, "student.blocks", Some(blocks))
             }
         };
-        let checkpoint = open(path, field, found)?;
-        let Architecture::Data2Vec2(base) = checkpoint.architecture.clone() else {
-            found.push(
-                field,
-                format!(
-                    "{} is a BEiT v2 model, not a data2vec 2.0 student",
-                    path.display()
-                ),
-            );
-            return None;
+        // A run checkpoint holds only the blocks it trained: all of them.
+        let keep = match selection {
+            None => (0..base.depth()).collect(),
+            Some(selection) => match selection.main_blocks(base.prenet_depth(), base.depth()) {
+                Ok(keep) => keep,
+                Err(message) => {
+                    found.push(field, message);
+                    return None;
+                }
+            },
         };
-        let keep = match selection.main_blocks(base.prenet_depth, base.depth) {
-            Ok(keep) => keep,
-            Err(message) => {
-                found.push("student.blocks", format!("{message} ({})", path.display()));
-                return None;
+        let file = match &origin {
+            StudentOrigin::File(checkpoint) => Some(checkpoint.as_ref()),
+            StudentOrigin::Teacher => teacher.checkpoint.as_ref(),
+            StudentOrigin::Random => None,
+        };
+        let (size, normalization) = match (&origin, s.image_size, &s.normalization) {
+            // The teacher's own blocks see what the teacher sees unless told otherwise.
+            (StudentOrigin::Teacher, None, None) => {
+                (Some(teacher.view.size), None::<&NormalizationConfig>)
             }
+            (_, size, normalization) => (size, normalization.as_ref()),
         };
-        let source = Self::new(Some(checkpoint), selection, base, keep);
-        if run_checkpoint.is_none()
-            && let Some(stated) = stated
-            && *stated != source.base
-        {
-            found.push(
-                "student.architecture",
-                format!(
-                    "the config states {stated:?}, but {} holds {:?}",
-                    path.display(),
-                    source.base
-                ),
-            );
+        let mut view = view_of(&base, file, size, normalization, "student", found)?;
+        if matches!(origin, StudentOrigin::Teacher) && s.normalization.is_none() {
+            view.normalization = teacher.view.normalization;
         }
-        Some(source)
-    }
-
-    fn new(
-        checkpoint: Option<Checkpoint>,
-        selection: BlockSelection,
-        base: Data2Vec2Config,
-        keep: Vec<usize>,
-    ) -> Self {
-        let mut architecture = base.clone();
-        architecture.depth = keep.len();
-        Self {
-            checkpoint,
-            selection,
+        let connector = match &origin {
+            StudentOrigin::File(checkpoint) if run_checkpoint.is_some() => {
+                checkpoint.has_connector()
+            }
+            _ => s.connector,
+        };
+        Some(Self {
+            architecture: base.cut(keep.len(), view.size),
+            origin,
             base,
             keep,
-            architecture,
-        }
+            view,
+            connector,
+        })
     }
 
-    fn build<B: Backend>(&self, device: &B::Device) -> anyhow::Result<Data2Vec2<B>> {
-        Ok(match &self.checkpoint {
-            Some(checkpoint) => checkpoint.load_data2vec2::<B>(self.selection, device)?,
-            None => self.base.init::<B>(device).select_main_blocks(&self.keep),
+    /// The student's encoder (not yet seeded or materialised) — not `Teacher` origin, which
+    /// `build_pair` draws again from the teacher.
+    fn build<B: Backend>(&self, device: &B::Device) -> anyhow::Result<Encoder<B>> {
+        let grid = self.view.size / self.base.patch_size();
+        Ok(match &self.origin {
+            StudentOrigin::File(checkpoint) => checkpoint.load_encoder_blocks::<B>(
+                Some(&self.keep),
+                Some(self.view.size),
+                device,
+            )?,
+            StudentOrigin::Random | StudentOrigin::Teacher => self
+                .base
+                .init_encoder::<B>(device)
+                .select_blocks(&self.keep)
+                .with_grid(grid),
         })
     }
 }
@@ -290,13 +494,4 @@ fn open(path: &Path, field: &str, found: &mut Problems) -> Option<Checkpoint> {
             None
         }
     }
-}
-
-/// The teacher's target for a batch, in f32 (the teacher computes in its own type), outside
-/// the autodiff graph.
-///
-/// # Shapes
-/// - images: `[B, 3, H, W]` (f32) → `[B, T, D]`
-pub fn teacher_target<B: Backend>(teacher: &BeitV2<B>, images: Tensor<B, 4>) -> Tensor<B, 3> {
-    prepare_target(&teacher.forward(images).layer_results)
 }

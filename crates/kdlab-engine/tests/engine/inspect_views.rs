@@ -123,7 +123,7 @@ fn teacher_cls_attention_matches_a_hand_computation() {
     };
     let images: Tensor<B, 4> = Tensor::from_data(golden()["image"].clone(), &Default::default());
     let out = model.forward(images.clone());
-    let maps = model_attention(&model.attention_weights(images)).unwrap();
+    let maps = model_attention(&model.attention_weights(images), 1).unwrap();
 
     let blocks = model.blocks.len();
     let input = &out.layer_results[blocks - 2]; // [2, 17, 64]
@@ -160,13 +160,13 @@ fn student_cls_attention_matches_a_hand_computation() {
             .unwrap()
         {
             Encoder::Data2Vec2(model) => model,
-            Encoder::BeitV2(_) => panic!("a data2vec 2.0 checkpoint"),
+            Encoder::BeitV2(_) | Encoder::Vit(_) => panic!("a data2vec 2.0 checkpoint"),
         }
     };
     let model = load(None);
     let blocks = model.blocks.len();
     let images: Tensor<B, 4> = Tensor::from_data(golden()["image"].clone(), &Default::default());
-    let maps = model_attention(&model.attention_weights(images.clone())).unwrap();
+    let maps = model_attention(&model.attention_weights(images.clone()), 1).unwrap();
     let keep: Vec<usize> = (0..blocks - 1).collect();
     let input = load(None)
         .select_main_blocks(&keep)

@@ -9,7 +9,7 @@ use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
-use kdlab_engine::distill::checkpoint::student_tensors;
+use kdlab_engine::distill::checkpoint::data2vec2_tensors;
 use kdlab_model::model::{BlockSelection, Data2Vec2};
 use kdlab_model::optim::{AdamWSettings, GradScaler, StepOutcome, StudentOptimizer};
 use kdlab_model::target::{kd_loss, prepare_target};
@@ -62,7 +62,7 @@ fn gradients_by_key(
         }
     }
     let as_grads = student.valid().map(&mut ToGradient(grads));
-    student_tensors(&as_grads).into_iter().collect()
+    data2vec2_tensors(&as_grads).into_iter().collect()
 }
 
 /// ‖a − b‖ / ‖b‖.
@@ -175,7 +175,7 @@ fn bf16_and_f16_steps_track_the_f32_step() {
                 format!("{dtype:?} step {step}: the master weights are f32"),
             );
             let (mut worst, mut off, mut total) = (0.0f32, 0usize, 0usize);
-            for (key, value) in student_tensors(&student) {
+            for (key, value) in data2vec2_tensors(&student) {
                 let expected = to_f32(&fixture_data[&format!("{prefix}{key}")]);
                 for (a, b) in to_f32(&value).iter().zip(expected) {
                     let d = (a - b).abs();
@@ -252,7 +252,7 @@ fn an_overflowing_f16_step_is_skipped_and_halves_the_scale() {
     let golden = golden();
     let device = Default::default();
     let student = tiny_student(DType::F16);
-    let before = student_tensors(&student);
+    let before = data2vec2_tensors(&student);
     let mut optimizer = fixture_optimizer(&fixture_data, true);
     // Far beyond f16's 65504: the first half-type gradient overflows.
     let forced = 2f64.powi(60);
@@ -282,7 +282,7 @@ fn an_overflowing_f16_step_is_skipped_and_halves_the_scale() {
         })
     );
     assert!(
-        student_tensors(&student) == before,
+        data2vec2_tensors(&student) == before,
         "the weights are unchanged"
     );
     assert!(optimizer.adamw.state.is_empty(), "no moments were touched");
@@ -346,7 +346,7 @@ fn half_steps_on_wgpu_where_the_adapter_has_them() {
         let error = (value - reference).abs() / reference;
         eprintln!("wgpu {dtype:?}: loss {value} vs f32 {reference} (rel {error:.2e})");
         assert!(error <= 4.0 * unit_roundoff, "wgpu {dtype:?} loss");
-        let finite = student_tensors(&student)
+        let finite = data2vec2_tensors(&student)
             .iter()
             .all(|(_, t)| to_f32(t).iter().all(|v| v.is_finite()));
         assert!(finite, "wgpu {dtype:?}: the updated weights are finite");

@@ -4,7 +4,7 @@
 use burn::backend::{Autodiff, Flex};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
-use kdlab_engine::distill::checkpoint::student_tensors;
+use kdlab_engine::distill::checkpoint::data2vec2_tensors;
 use kdlab_model::model::BlockSelection;
 use kdlab_model::optim::{AdamW, AdamWSettings, CosineWithWarmup, decays};
 use kdlab_model::target::{kd_loss, prepare_target};
@@ -44,7 +44,7 @@ fn adamw_steps_match_torch() {
         let grads = GradientsParams::from_grads(loss.backward(), &student);
         student = optimizer.step(scalar("opt.lr"), student, grads);
         let mut checked = 0;
-        for (key, value) in student_tensors(&student) {
+        for (key, value) in data2vec2_tensors(&student) {
             let expected = &fixture_data[&format!("{prefix}{key}")];
             assert_close(&format!("step {step} {key}"), &value, expected, 5e-5);
             checked += 1;
@@ -62,7 +62,7 @@ fn weight_decay_groups_follow_the_thesis_rule() {
         .unwrap()
         .load_data2vec2::<Flex>(BlockSelection::FirstMain(2), &Default::default())
         .unwrap();
-    for (key, value) in student_tensors(&student) {
+    for (key, value) in data2vec2_tensors(&student) {
         let thesis = to_f32(&fixture_data[&format!("wd.{key}")])[0] > 0.0;
         let ours = decays(&key, value.shape.len());
         if key.ends_with("extra_tokens") || key.ends_with("positions") {

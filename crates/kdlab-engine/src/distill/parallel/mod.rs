@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use anyhow::anyhow;
 use burn::collective::{finish_collective, register};
 use burn::module::{AutodiffModule, Module};
+use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData};
 use crossbeam_channel::{Receiver, Sender};
 
 pub use exchange::{Exchange, ExchangeError};
@@ -34,14 +34,15 @@ use crate::backend::Selected;
 use crate::config::{RunConfig, coordinator_port};
 use crate::data::ImageFolder;
 use crate::data::loader::Part;
+use crate::data::views::Views;
 use crate::distill::TrainControl;
 use crate::distill::replicas::Replicas;
 use crate::distill::validation::{LossSum, validation_sum};
 use crate::distill::window::MetricWindows;
 use crate::session::device_threads::{JobHandle, Lane, run_on};
 use kdlab_model::guard::quietly_catch;
-use kdlab_model::model::{BeitV2, Data2Vec2};
 use kdlab_model::optim::{AdamW, Moments, StepOutcome, StudentOptimizer};
+use kdlab_model::pair::{Student, Teacher};
 use replica::{Command, Replica, Reply};
 
 /// burn-collective's local server is one per backend and process: one data-parallel run at a
@@ -64,8 +65,8 @@ pub struct Peers<B: AutodiffBackend> {
     names: Vec<String>,
     health: Health,
     watchdog: Option<std::thread::JoinHandle<()>>,
-    /// The models' input side (pixels per image: 3 × size²).
-    size: usize,
+    /// What each model sees (how a batch's pixels split).
+    views: Views,
     /// This node's part of a batch when no file is missing (batch / nodes).
     nominal_len: usize,
     /// This node's stop request, sent to every trainer at each exchange.
@@ -78,12 +79,12 @@ pub struct Peers<B: AutodiffBackend> {
 
 /// What a replica is made from: the trainer's models and optimiser after restore.
 pub struct Origin<'a, B: AutodiffBackend> {
-    pub teacher: &'a BeitV2<B::InnerBackend>,
-    pub student: &'a Data2Vec2<B>,
+    pub teacher: &'a Teacher<B::InnerBackend>,
+    pub student: &'a Student<B>,
     pub optimizer: &'a StudentOptimizer<B::InnerBackend>,
     pub config: Arc<RunConfig>,
     pub val: Option<Arc<ImageFolder>>,
-    pub size: usize,
+    pub views: Views,
 }
 
 impl<B: AutodiffBackend> Peers<B> {
@@ -134,7 +135,7 @@ impl<B: AutodiffBackend> Peers<B> {
                 val: origin.val.clone(),
                 val_part: world.global_part(local),
                 val_batch,
-                size: origin.size,
+                views: origin.views,
             };
             let (commands, inbox) = crossbeam_channel::unbounded();
             let (outbox, replies) = crossbeam_channel::unbounded();
@@ -155,7 +156,7 @@ impl<B: AutodiffBackend> Peers<B> {
             names,
             health,
             watchdog: Some(watchdog),
-            size: origin.size,
+            views: origin.views,
             nominal_len,
             control,
             stop_agreed: false,
@@ -233,8 +234,8 @@ impl<B: AutodiffBackend> Replicas<B> for Peers<B> {
     /// windows with the step, once the exchange has summed them.
     fn accumulate(
         &mut self,
-        teacher: &BeitV2<B::InnerBackend>,
-        student: &Data2Vec2<B>,
+        teacher: &Teacher<B::InnerBackend>,
+        student: &Student<B>,
         pixels: Vec<f32>,
         len: usize,
         loss_scale: f64,
@@ -243,8 +244,8 @@ impl<B: AutodiffBackend> Replicas<B> for Peers<B> {
         // No 1/grad_accum_steps here: the exchange divides by the summed shard weights,
         // which count the micro-batches too.
         let nominal_len = self.nominal_len;
-        let size = self.size;
-        let per_image = 3 * size * size;
+        let views = self.views;
+        let per_image = views.pixels();
         let local_devices = self.world.local_devices();
         // Each shard's weight: its images over the nominal shard (batch / world size).
         let nominal_shard = (nominal_len as f64 / local_devices as f64).max(1.0);
@@ -265,9 +266,7 @@ impl<B: AutodiffBackend> Replicas<B> for Peers<B> {
         }
         let (shard, shard_len, weight) = shard(0);
         let device = self.exchange.device.clone();
-        let images = (shard_len > 0).then(|| {
-            Tensor::from_data(TensorData::new(shard, [shard_len, 3, size, size]), &device)
-        });
+        let images = (shard_len > 0).then(|| views.split(shard, shard_len, &device));
         self.step
             .add(teacher, student, images, weight, loss_scale, &device);
         // Every node takes an equal part: the run's images are this node's times the nodes.
@@ -279,10 +278,10 @@ impl<B: AutodiffBackend> Replicas<B> for Peers<B> {
     fn step(
         &mut self,
         optimizer: &mut StudentOptimizer<B::InnerBackend>,
-        student: Data2Vec2<B>,
+        student: Student<B>,
         lr: f64,
         windows: &mut MetricWindows<B::InnerBackend>,
-    ) -> anyhow::Result<(Data2Vec2<B>, StepOutcome)> {
+    ) -> anyhow::Result<(Student<B>, StepOutcome)> {
         let stop = self.control.stop_requested();
         self.broadcast(|| Command::Step { lr })?;
         let stepped = self.step.step(&self.exchange, optimizer, student, lr, stop);
@@ -309,8 +308,8 @@ impl<B: AutodiffBackend> Replicas<B> for Peers<B> {
     fn validate(
         &mut self,
         config: &RunConfig,
-        teacher: &BeitV2<B::InnerBackend>,
-        student: &Data2Vec2<B>,
+        teacher: &Teacher<B::InnerBackend>,
+        student: &Student<B>,
         folder: &Arc<ImageFolder>,
     ) -> anyhow::Result<(f64, Vec<(PathBuf, String)>)> {
         self.broadcast(|| Command::Validate)?;
@@ -321,7 +320,7 @@ impl<B: AutodiffBackend> Replicas<B> for Peers<B> {
             teacher,
             &student.valid(),
             folder,
-            self.size,
+            self.views,
             part,
             batch,
         )

@@ -15,8 +15,11 @@ use burn::tensor::backend::AutodiffBackend;
 use super::exchange::{Exchange, ExchangeError};
 use crate::distill::collapse::spread;
 use crate::distill::kd_step::kd_backward;
-use kdlab_model::model::{BeitV2, Data2Vec2};
 use kdlab_model::optim::{StepOutcome, StudentOptimizer};
+use kdlab_model::pair::{Student, Teacher};
+
+/// A shard's images as the teacher and as the student see them.
+type ViewImages<B> = (Tensor<B, 4>, Tensor<B, 4>);
 
 /// What a step did, as every trainer of the run sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,7 +36,7 @@ pub struct StepReport {
 
 /// The micro-batches a peer computed since its last step.
 pub struct PeerStep<B: AutodiffBackend> {
-    grads: GradientsAccumulator<Data2Vec2<B>>,
+    grads: GradientsAccumulator<Student<B>>,
     /// `loss × weight` of each micro-batch, on the device.
     weighted_losses: Vec<Tensor<B::InnerBackend, 1>>,
     weights: Vec<f32>,
@@ -59,9 +62,9 @@ impl<B: AutodiffBackend> PeerStep<B> {
     /// the micro-batches are averaged there, not here.
     pub fn add(
         &mut self,
-        teacher: &BeitV2<B::InnerBackend>,
-        student: &Data2Vec2<B>,
-        images: Option<Tensor<B::InnerBackend, 4>>,
+        teacher: &Teacher<B::InnerBackend>,
+        student: &Student<B>,
+        images: Option<ViewImages<B::InnerBackend>>,
         weight: f64,
         grad_scale: f64,
         device: &B::Device,
@@ -75,7 +78,8 @@ impl<B: AutodiffBackend> PeerStep<B> {
             }
             None => {
                 self.weighted_losses.push(Tensor::zeros([1], device));
-                let dim = student.extra_tokens.val().dims()[2];
+                // The moments are over the target's width (the teacher's).
+                let dim = student.pair.teacher.embed_dim;
                 self.moments.push(Tensor::zeros([4 * dim + 1], device));
             }
         }
@@ -87,10 +91,10 @@ impl<B: AutodiffBackend> PeerStep<B> {
         &mut self,
         exchange: &Exchange<B::InnerBackend>,
         optimizer: &mut StudentOptimizer<B::InnerBackend>,
-        student: Data2Vec2<B>,
+        student: Student<B>,
         lr: f64,
         stop: bool,
-    ) -> Result<(Data2Vec2<B>, StepReport), ExchangeError> {
+    ) -> Result<(Student<B>, StepReport), ExchangeError> {
         let micro = self.weights.len();
         let grads = self.grads.grads();
         let mut numbers: Vec<Tensor<B::InnerBackend, 1>> =

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use burn::collective::{CollectiveConfig, finish_collective, register};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::exchange::{Exchange, ExchangeError};
@@ -17,10 +16,11 @@ use super::peer::PeerStep;
 use crate::config::RunConfig;
 use crate::data::ImageFolder;
 use crate::data::loader::Part;
+use crate::data::views::Views;
 use crate::distill::validation::validation_sum;
 use kdlab_model::guard::quietly_catch;
-use kdlab_model::model::{BeitV2, Data2Vec2};
 use kdlab_model::optim::StudentOptimizer;
+use kdlab_model::pair::{Student, Teacher};
 
 /// What the trainer asks of a follower.
 pub enum Command {
@@ -46,8 +46,8 @@ pub enum Reply {
 /// Everything a follower holds.
 pub struct Replica<B: AutodiffBackend> {
     pub name: String,
-    pub teacher: BeitV2<B::InnerBackend>,
-    pub student: Data2Vec2<B>,
+    pub teacher: Teacher<B::InnerBackend>,
+    pub student: Student<B>,
     pub optimizer: StudentOptimizer<B::InnerBackend>,
     pub exchange: Exchange<B::InnerBackend>,
     pub collective: CollectiveConfig,
@@ -55,7 +55,7 @@ pub struct Replica<B: AutodiffBackend> {
     pub val: Option<Arc<ImageFolder>>,
     pub val_part: Part,
     pub val_batch: usize,
-    pub size: usize,
+    pub views: Views,
 }
 
 impl<B: AutodiffBackend> Replica<B> {
@@ -109,12 +109,7 @@ impl<B: AutodiffBackend> Replica<B> {
                     if fault == Some(micro_batches) {
                         panic!("injected fault (KDLAB_FAULT) at micro-batch {micro_batches}");
                     }
-                    let images = (len > 0).then(|| {
-                        Tensor::from_data(
-                            TensorData::new(pixels, [len, 3, self.size, self.size]),
-                            &device,
-                        )
-                    });
+                    let images = (len > 0).then(|| self.views.split(pixels, len, &device));
                     step.add(
                         &self.teacher,
                         &self.student,
@@ -152,7 +147,7 @@ impl<B: AutodiffBackend> Replica<B> {
             &self.teacher,
             &self.student.valid(),
             folder,
-            self.size,
+            self.views,
             self.val_part,
             self.val_batch,
         )

@@ -34,8 +34,8 @@ use super::{Placement, RunPlan, TrainControl};
 use crate::data::loader::{BatchStream, LoaderSettings, epoch_order, spawn_epoch};
 use crate::inspect::Provenance;
 use crate::session::{MetricsLine, RunDir};
-use kdlab_model::model::Data2Vec2;
 use kdlab_model::optim::{StepOutcome, StudentOptimizer};
+use kdlab_model::pair::Student;
 use models::RunModels;
 use outputs::RunOutputs;
 use progress::{Progress, Speed};
@@ -69,7 +69,7 @@ fn start_replicas<B: AutodiffBackend>(
     control: &TrainControl,
     place: Placement<'_, B::Device>,
     models: &RunModels<B>,
-    student: &Data2Vec2<B>,
+    student: &Student<B>,
     optimizer: &StudentOptimizer<B::InnerBackend>,
     out: &mut RunOutputs<'_>,
 ) -> anyhow::Result<Box<dyn Replicas<B>>> {
@@ -79,7 +79,7 @@ fn start_replicas<B: AutodiffBackend>(
             models.device.clone(),
             control.clone(),
             config.optim.grad_accum_steps,
-            models.size,
+            models.views,
         );
         let replicas: Box<dyn Replicas<B>> = Box::new(one);
         return Ok(replicas);
@@ -90,7 +90,7 @@ fn start_replicas<B: AutodiffBackend>(
         optimizer,
         config: Arc::new(config.clone()),
         val: plan.data.val.clone(),
-        size: models.size,
+        views: models.views,
     };
     let peers = Peers::start(
         place.world,
@@ -134,7 +134,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         control: &'a TrainControl,
         on_event: &'a mut dyn FnMut(Event),
         place: Placement<'_, B::Device>,
-    ) -> anyhow::Result<(Self, Data2Vec2<B>)> {
+    ) -> anyhow::Result<(Self, Student<B>)> {
         let config = &plan.config;
         let devices = place.devices;
         let device = &devices[0];
@@ -194,7 +194,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     }
 
     /// Trains until the schedule ends, the step limit is reached or a stop is asked for.
-    pub(super) fn run(mut self, mut student: Data2Vec2<B>) -> anyhow::Result<Outcome> {
+    pub(super) fn run(mut self, mut student: Student<B>) -> anyhow::Result<Outcome> {
         if self.progress.state.step == 0 {
             self.write_heatmaps(&student)?;
         }
@@ -220,8 +220,8 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     /// The rest of the current epoch; `.1` is why it stopped early.
     fn run_epoch(
         &mut self,
-        mut student: Data2Vec2<B>,
-    ) -> anyhow::Result<(Data2Vec2<B>, Option<Outcome>)> {
+        mut student: Student<B>,
+    ) -> anyhow::Result<(Student<B>, Option<Outcome>)> {
         for batch in self.epoch_batches() {
             self.hold_while_paused();
             self.out.report_skipped(batch.skipped);
@@ -276,7 +276,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     /// Forward and backward of one batch; its gradients join those of the global batch.
     fn accumulate(
         &mut self,
-        student: &Data2Vec2<B>,
+        student: &Student<B>,
         pixels: Vec<f32>,
         len: usize,
     ) -> anyhow::Result<()> {
@@ -296,7 +296,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     /// One AdamW update with the accumulated gradients (unscaled in f16, clipped when
     /// configured). A step whose f16 gradients overflowed leaves the student as it was but
     /// counts, as in PyTorch's loop: the schedule and the data move on.
-    fn step(&mut self, student: Data2Vec2<B>) -> anyhow::Result<Data2Vec2<B>> {
+    fn step(&mut self, student: Student<B>) -> anyhow::Result<Student<B>> {
         let lr = self.progress.begin_step();
         let (student, outcome) =
             self.replicas
@@ -366,7 +366,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         Ok(())
     }
 
-    fn validate_if_due(&mut self, student: &Data2Vec2<B>) -> anyhow::Result<()> {
+    fn validate_if_due(&mut self, student: &Student<B>) -> anyhow::Result<()> {
         let step = self.progress.state.step;
         if self
             .plan
@@ -391,7 +391,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     }
 
     /// Validation, the probe maps and a checkpoint; the best checkpoint when validation improved.
-    fn end_epoch(&mut self, student: &Data2Vec2<B>) -> anyhow::Result<()> {
+    fn end_epoch(&mut self, student: &Student<B>) -> anyhow::Result<()> {
         let window = self.windows.loss.peek_sums()[0];
         self.ensure_finite(window)?;
         let improved = self.validate(student)?;
@@ -405,7 +405,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     }
 
     /// Saves `checkpoints/last` — never a student that met a non-finite loss.
-    fn checkpoint(&mut self, student: &Data2Vec2<B>) -> anyhow::Result<()> {
+    fn checkpoint(&mut self, student: &Student<B>) -> anyhow::Result<()> {
         let state = &mut self.progress.state;
         state.loss_window = self.windows.loss.state().into();
         state.spread_window = self.windows.spreads.state();
@@ -421,7 +421,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     }
 
     /// The validation loss, recorded; whether it is the best so far (false without a folder).
-    fn validate(&mut self, student: &Data2Vec2<B>) -> anyhow::Result<bool> {
+    fn validate(&mut self, student: &Student<B>) -> anyhow::Result<bool> {
         let plan = self.plan;
         let Some(folder) = &plan.data.val else {
             return Ok(false);
@@ -449,7 +449,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     }
 
     /// The probe set's maps for the student as it is now, into `heatmaps/epoch-NNN`.
-    fn write_heatmaps(&mut self, student: &Data2Vec2<B>) -> anyhow::Result<()> {
+    fn write_heatmaps(&mut self, student: &Student<B>) -> anyhow::Result<()> {
         let (step, epoch) = (self.progress.state.step, self.progress.state.epoch);
         let dir = self.out.run().epoch_heatmaps(epoch);
         let provenance = Provenance {

@@ -10,21 +10,21 @@ use burn::tensor::backend::AutodiffBackend;
 
 use crate::config::RunConfig;
 use crate::data::loader::Transform;
-use crate::data::train_transform;
+use crate::data::views::Views;
 use crate::distill::RunPlan;
 use crate::distill::probe::{ProbeSet, Unreadable};
 use crate::inspect::Provenance;
 use crate::session::Models;
-use kdlab_model::model::{BeitV2, Data2Vec2};
+use kdlab_model::pair::{Student, Teacher};
 use kdlab_model::weights::Architecture;
 
 /// Everything model-side the loop needs besides the student.
 pub(super) struct RunModels<B: AutodiffBackend> {
     pub(super) device: B::Device,
-    pub(super) teacher: BeitV2<B::InnerBackend>,
+    pub(super) teacher: Teacher<B::InnerBackend>,
     pub(super) student_architecture: Architecture,
-    /// The models' input side (pixels per image: 3 × size²).
-    pub(super) size: usize,
+    /// What each model sees (the batches' pixels: its views, one after the other).
+    pub(super) views: Views,
     pub(super) augment: Transform,
     /// The images whose maps are written after every epoch (node 0 only; None without any).
     probe: Option<ProbeSet>,
@@ -32,18 +32,15 @@ pub(super) struct RunModels<B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> RunModels<B> {
     /// Builds the teacher and the student on `device`; the student comes apart, for the loop.
-    pub(super) fn build(
-        plan: &RunPlan,
-        device: &B::Device,
-    ) -> anyhow::Result<(Self, Data2Vec2<B>)> {
+    pub(super) fn build(plan: &RunPlan, device: &B::Device) -> anyhow::Result<(Self, Student<B>)> {
         let Models { teacher, student } = plan.models.build::<B>(device)?;
-        let (size, _) = plan.models.geometry();
+        let views = plan.models.views();
         let models = Self {
             device: device.clone(),
             teacher,
             student_architecture: plan.models.student_architecture(),
-            size,
-            augment: augmentation(&plan.config, size),
+            views,
+            augment: augmentation(&plan.config, views),
             probe: None,
         };
         Ok((models, student))
@@ -53,10 +50,16 @@ impl<B: AutodiffBackend> RunModels<B> {
     /// could not be read.
     pub(super) fn prepare_probe(&mut self, plan: &RunPlan) -> anyhow::Result<Unreadable> {
         let config = &plan.config;
-        let (size, grid) = plan.models.geometry();
+        let (_, grid) = plan.models.geometry();
         let paths = plan.data.probe_paths(config);
-        let (probe, skipped) =
-            ProbeSet::prepare(&paths, config, &self.teacher, size, grid, &self.device)?;
+        let (probe, skipped) = ProbeSet::prepare(
+            &paths,
+            config,
+            &self.teacher,
+            self.views,
+            grid,
+            &self.device,
+        )?;
         self.probe = probe;
         Ok(skipped)
     }
@@ -64,7 +67,7 @@ impl<B: AutodiffBackend> RunModels<B> {
     /// The probe set's maps for `student` as it is now, into `dir`; false without a probe set.
     pub(super) fn write_probe(
         &self,
-        student: &Data2Vec2<B>,
+        student: &Student<B>,
         dir: &Path,
         provenance: &Provenance,
     ) -> anyhow::Result<bool> {
@@ -82,9 +85,9 @@ impl<B: AutodiffBackend> RunModels<B> {
     }
 }
 
-/// The training transform at the model's input size, as the config sets it.
-fn augmentation(config: &RunConfig, size: usize) -> Transform {
+/// The training transform at each model's view, as the config sets it: one crop per image.
+fn augmentation(config: &RunConfig, views: Views) -> Transform {
     let d = &config.data;
     let (scale, ratio, flip) = (d.crop_scale, d.crop_ratio, d.hflip_probability);
-    Arc::new(move |img, rng| train_transform(img, size as u32, scale, ratio, flip, rng))
+    Arc::new(move |img, rng| views.train(img, scale, ratio, flip, rng))
 }

@@ -14,8 +14,8 @@ use crate::distill::checkpoint::{self, TrainState};
 use crate::distill::collapse::CollapseSign;
 use crate::distill::events::Event;
 use crate::session::{MetricsLine, RunDir, RunRecorder};
-use kdlab_model::model::Data2Vec2;
 use kdlab_model::optim::AdamW;
+use kdlab_model::pair::Student;
 use kdlab_model::weights::Architecture;
 
 /// The run directory and the caller's events, as this node writes and tells them.
@@ -107,7 +107,7 @@ impl<'a> RunOutputs<'a> {
     /// Saves `checkpoints/last` and says so (node 0; the others write nothing).
     pub(super) fn save_checkpoint<B: AutodiffBackend>(
         &mut self,
-        student: &Data2Vec2<B>,
+        student: &Student<B>,
         architecture: &Architecture,
         adamw: &AdamW<B::InnerBackend>,
         state: &TrainState,

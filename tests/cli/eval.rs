@@ -95,6 +95,40 @@ fn knn_and_linear_probe_separate_separable_classes_and_not_shuffled_ones() {
     }
 }
 
+/// Other families are judged the same way: a DINOv3 (rotary positions, registers) and a DINOv2
+/// with registers, from timm's files, pool their patches only (registers and CLS left out) at
+/// their own size and normalisation, and tell the colours apart.
+#[test]
+fn models_of_other_families_are_evaluated() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, val) = synthetic_folders(&dir.path().join("clean"), 24, 10, false);
+    for file in [
+        "vits/dinov3_tiny_timm.safetensors",
+        "vits/dinov2reg_tiny_timm.safetensors",
+    ] {
+        let request = EvalRequest {
+            method: Method::Knn,
+            models: vec![ModelSpec::Weights {
+                path: fixture(file),
+                depth: None,
+            }],
+            config: settings(train.clone(), Some(val.clone())),
+            out: RunDir::at(dir.path()),
+        };
+        let session = Session::on(Selected::Cpu);
+        let r = evaluate(&session, &request, &AtomicBool::new(false), &mut |_| {})
+            .unwrap()
+            .remove(0);
+        eprintln!("{file}: k-NN top-1 {}", r.top1);
+        assert_eq!((r.train_images, r.val_images, r.classes), (96, 40, 4));
+        assert!(
+            r.top1 >= 0.8,
+            "{file}: top-1 {} on separable classes",
+            r.top1
+        );
+    }
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }

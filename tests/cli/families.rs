@@ -375,3 +375,55 @@ fn pairs_that_cannot_meet_are_named() {
         kdlab_engine::config::RunConfig::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
+
+/// A DINOv3 student (rotary positions, registers, no qkv bias) trains from the demo pair's
+/// teacher and exports in `Eva`'s names (`gamma_1`, `gamma_2`), which kdlab reads back.
+#[test]
+fn a_dinov3_student_exports_in_evas_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(demo_families()).unwrap();
+    let student_at = text.find("    student: (").unwrap();
+    let (teacher, student) = text.split_at(student_at);
+    let student = [
+        ("family: vit,", "family: dinov3,"),
+        ("qkv_bias: true,", "qkv_bias: false,"),
+        ("layer_scale: false,", "layer_scale: true,"),
+        ("reg_tokens: 0,", "reg_tokens: 2,"),
+        (
+            "positions: Learned(grid: 4, embed_class: true),",
+            "positions: Rotary(temperature: 100.0),",
+        ),
+        ("norm_eps: 1e-6,", "norm_eps: 1e-5,"),
+    ]
+    .iter()
+    .fold(student.to_string(), |s, (from, to)| {
+        replace_once(&s, from, to)
+    });
+    let config = dir.path().join("dinov3.ron");
+    let text = format!("{teacher}{student}").replace("../assets", assets().to_str().unwrap());
+    std::fs::write(&config, text).unwrap();
+    let runs = dir.path().join("runs");
+    train(&config, &runs, &["--max-steps", "2"]);
+    let exported = dir.path().join("student.safetensors");
+    let run = run_dirs(&runs)[0].clone();
+    let out = kdlab(&[
+        "export",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let names: Vec<String> = raw_tensors(&exported).into_iter().map(|t| t.0).collect();
+    assert!(names.contains(&"blocks.0.gamma_1".to_string()), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("ls1")), "{names:?}");
+    let report = kdlab(&["inspect", exported.to_str().unwrap(), "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(report["family"], "dinov3");
+    assert_eq!(report["num_registers"], 2);
+    assert_eq!(report["positions"], "rotary");
+    assert!(
+        report["missing_keys"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+}

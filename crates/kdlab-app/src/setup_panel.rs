@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use egui::{DragValue, Grid, Ui};
 
 use kdlab_engine::backend::BackendChoice;
-use kdlab_engine::config::{ConfigProblem, Precision, RunConfig, limits};
-use kdlab_model::model::{BeitV2Config, BlockSelection, Data2Vec2Config};
+use kdlab_engine::config::{ConfigProblem, NormalizationConfig, Precision, RunConfig, limits};
+use kdlab_model::model::{
+    BeitV2Config, BlockSelection, Data2Vec2Config, VitConfig, VitFamily, VitPositions,
+};
 
 /// Everything that would stop a run, checked every frame (no file is opened): every broken
 /// rule of the config, then files that do not exist. Opening the weights and listing the data
@@ -154,12 +156,13 @@ impl SetupPanel {
                     |ui| backend_ui(ui, &mut self.backend, &self.detected),
                 );
             });
-            section(ui, "Teacher (BEiT v2, frozen)", |ui| {
+            section(ui, "Teacher (frozen)", |ui| {
                 form.row(
                     ui,
                     "teacher.weights",
                     "weights",
-                    "unilm .pth or timm safetensors; none = random",
+                    "BEiT v2 (unilm .pth, timm), timm ViT/DeiT/DINOv2/DINOv3 safetensors with \
+                     their config.json, or a kdlab file; none = random",
                     |ui| {
                         optional_file_ui(ui, &mut c.teacher.weights, &["pth", "safetensors", "bin"])
                     },
@@ -167,33 +170,96 @@ impl SetupPanel {
                 form.row(
                     ui,
                     "teacher.architecture",
-                    "architecture",
-                    "required without weights; checked against them",
+                    "BEiT v2",
+                    "a random BEiT v2 without weights; checked against them",
                     |ui| optional_beit_ui(ui, &mut c.teacher.architecture),
+                );
+                form.row(
+                    ui,
+                    "teacher.vit",
+                    "timm ViT",
+                    "a random timm ViT of any family without weights (set BEiT v2 off)",
+                    |ui| optional_vit_ui(ui, "teacher.vit", &mut c.teacher.vit),
+                );
+                form.row(
+                    ui,
+                    "teacher.image_size",
+                    "image size",
+                    "what the teacher sees; default its own (a timm ViT's positions are resampled)",
+                    |ui| optional_size_ui(ui, &mut c.teacher.image_size),
+                );
+                form.row(
+                    ui,
+                    "teacher.normalization",
+                    "normalisation",
+                    "default: its config.json's pretrained_cfg, else ImageNet's",
+                    |ui| optional_normalization_ui(ui, &mut c.teacher.normalization),
+                );
+                form.row(
+                    ui,
+                    "teacher.resample_to_student_grid",
+                    "grid matching",
+                    "on another patch grid, resample the teacher's average to the student's",
+                    |ui| ui.checkbox(&mut c.teacher.resample_to_student_grid, "resample"),
                 );
                 form.problem_row(ui, "teacher");
             });
-            section(ui, "Student (data2vec 2.0)", |ui| {
+            section(ui, "Student (trained)", |ui| {
                 form.row(
                     ui,
                     "student.weights",
                     "weights",
-                    "fairseq .pt or a kdlab file; none = random",
+                    "fairseq .pt, timm safetensors with config.json or a kdlab file; none = random",
                     |ui| optional_file_ui(ui, &mut c.student.weights, &["pt", "safetensors"]),
                 );
                 form.row(
                     ui,
                     "student.architecture",
-                    "architecture",
-                    "required without weights; checked against them",
+                    "data2vec 2.0",
+                    "a random data2vec 2.0 without weights; checked against them",
                     |ui| optional_data2vec2_ui(ui, &mut c.student.architecture),
+                );
+                form.row(
+                    ui,
+                    "student.vit",
+                    "timm ViT",
+                    "a random timm ViT of any family without weights (set data2vec 2.0 off)",
+                    |ui| optional_vit_ui(ui, "student.vit", &mut c.student.vit),
+                );
+                form.row(
+                    ui,
+                    "student.from_teacher",
+                    "from the teacher",
+                    "the student is the teacher's own blocks (the seed's baseline)",
+                    |ui| ui.checkbox(&mut c.student.from_teacher, "teacher's blocks"),
                 );
                 form.row(
                     ui,
                     "student.blocks",
                     "blocks",
-                    "which main blocks the student keeps",
+                    "which blocks the student keeps (data2vec 2.0: main blocks)",
                     |ui| blocks_ui(ui, &mut c.student.blocks),
+                );
+                form.row(
+                    ui,
+                    "student.image_size",
+                    "image size",
+                    "what the student sees; default its own",
+                    |ui| optional_size_ui(ui, &mut c.student.image_size),
+                );
+                form.row(
+                    ui,
+                    "student.normalization",
+                    "normalisation",
+                    "default: its config.json's pretrained_cfg, else ImageNet's",
+                    |ui| optional_normalization_ui(ui, &mut c.student.normalization),
+                );
+                form.row(
+                    ui,
+                    "student.connector",
+                    "width connector",
+                    "a Linear from the student's width to the teacher's, trained with it",
+                    |ui| ui.checkbox(&mut c.student.connector, "connector"),
                 );
                 form.problem_row(ui, "student");
             });
@@ -744,6 +810,102 @@ fn optional_beit_ui(ui: &mut Ui, value: &mut Option<BeitV2Config>) -> egui::Resp
             usize_field(ui, "heads", &mut a.num_heads);
             usize_field(ui, "mlp", &mut a.mlp_hidden_dim);
             ui.checkbox(&mut a.shared_rel_pos_bias, "shared rel-pos table");
+        },
+    )
+}
+
+/// A small random ViT of the family's shape, the starting point of the `vit` editor.
+fn default_vit() -> VitConfig {
+    VitConfig {
+        family: VitFamily::Vit,
+        image_size: 224,
+        patch_size: 16,
+        embed_dim: 384,
+        depth: 12,
+        num_heads: 6,
+        mlp_hidden_dim: 1536,
+        qkv_bias: true,
+        layer_scale: false,
+        class_token: true,
+        reg_tokens: 0,
+        positions: VitPositions::Learned {
+            grid: 14,
+            embed_class: true,
+        },
+        norm_eps: 1e-6,
+    }
+}
+
+fn optional_vit_ui(ui: &mut Ui, id: &str, value: &mut Option<VitConfig>) -> egui::Response {
+    optional(ui, value, default_vit(), "none", |ui, a| {
+        egui::ComboBox::from_id_salt(format!("{id}.family"))
+            .selected_text(a.family.name())
+            .show_ui(ui, |ui| {
+                for family in [
+                    VitFamily::Vit,
+                    VitFamily::Deit3,
+                    VitFamily::Dinov2,
+                    VitFamily::Dinov3,
+                ] {
+                    ui.selectable_value(&mut a.family, family, family.name());
+                }
+            });
+        usize_field(ui, "image", &mut a.image_size);
+        usize_field(ui, "patch", &mut a.patch_size);
+        usize_field(ui, "dim", &mut a.embed_dim);
+        usize_field(ui, "depth", &mut a.depth);
+        usize_field(ui, "heads", &mut a.num_heads);
+        usize_field(ui, "mlp", &mut a.mlp_hidden_dim);
+        usize_field(ui, "registers", &mut a.reg_tokens);
+        ui.checkbox(&mut a.qkv_bias, "qkv bias");
+        ui.checkbox(&mut a.layer_scale, "layer scale");
+        ui.checkbox(&mut a.class_token, "CLS");
+        let mut rotary = matches!(a.positions, VitPositions::Rotary { .. });
+        if ui.checkbox(&mut rotary, "rotary").changed() {
+            a.positions = if rotary {
+                VitPositions::Rotary { temperature: 100.0 }
+            } else {
+                VitPositions::Learned {
+                    grid: a.image_size / a.patch_size.max(1),
+                    embed_class: true,
+                }
+            };
+        }
+        if let VitPositions::Learned { grid, embed_class } = &mut a.positions {
+            usize_field(ui, "table grid", grid);
+            ui.checkbox(embed_class, "CLS slot");
+        }
+    })
+}
+
+fn optional_size_ui(ui: &mut Ui, value: &mut Option<usize>) -> egui::Response {
+    optional(ui, value, 224, "its own", |ui, size| {
+        ui.add(DragValue::new(size).range(1..=4096).suffix(" px"));
+    })
+}
+
+fn optional_normalization_ui(
+    ui: &mut Ui,
+    value: &mut Option<NormalizationConfig>,
+) -> egui::Response {
+    let imagenet = NormalizationConfig {
+        mean: (0.485, 0.456, 0.406),
+        std: (0.229, 0.224, 0.225),
+    };
+    optional(
+        ui,
+        value,
+        imagenet,
+        "its file's, else ImageNet's",
+        |ui, n| {
+            ui.label("mean");
+            for v in [&mut n.mean.0, &mut n.mean.1, &mut n.mean.2] {
+                ui.add(DragValue::new(v).speed(0.001).range(-10.0..=10.0));
+            }
+            ui.label("std");
+            for v in [&mut n.std.0, &mut n.std.1, &mut n.std.2] {
+                ui.add(DragValue::new(v).speed(0.001).range(0.0001..=10.0));
+            }
         },
     )
 }

@@ -771,6 +771,8 @@ impl RunConfig {
             && !self.teacher.resample_to_student_grid
         {
             shared_token_problems(t, s, &mut found);
+        } else if found.0.is_empty() {
+            self.random_pair_problems(&mut found);
         }
         self.data.problems(&mut found);
         self.optim.problems(&mut found);
@@ -793,6 +795,50 @@ impl RunConfig {
             1e3,
         );
         found.0
+    }
+
+    /// Two random models (no weights files) meet as `ModelPlan::resolve` checks it — checked
+    /// here too, so that the app shows a missing connector or unequal grids beside the fields
+    /// while you edit.
+    fn random_pair_problems(&self, found: &mut Problems) {
+        use kdlab_model::pair::{KdPair, PairError, Side};
+        use kdlab_model::weights::Architecture;
+        let (t, s) = (&self.teacher, &self.student);
+        let teacher = match (&t.weights, &t.architecture, &t.vit) {
+            (None, Some(a), None) => Architecture::BeitV2(a.clone()),
+            (None, None, Some(v)) => Architecture::Vit(v.clone()),
+            _ => return,
+        };
+        let student = match (&s.weights, &s.architecture, &s.vit, s.from_teacher) {
+            (None, None, None, true) => teacher.clone(),
+            (None, Some(a), None, false) => Architecture::Data2Vec2(a.clone()),
+            (None, None, Some(v), false) => Architecture::Vit(v.clone()),
+            _ => return,
+        };
+        let teacher_size = t.image_size.unwrap_or(teacher.image_size());
+        let student_size = match (s.image_size, s.from_teacher) {
+            (Some(size), _) => size,
+            (None, true) => teacher_size,
+            (None, false) => student.image_size(),
+        };
+        let side = |a: &Architecture, size: usize| Side {
+            tokens: a.tokens(),
+            grid: size / a.patch_size().max(1),
+            embed_dim: a.embed_dim(),
+        };
+        let pair = KdPair {
+            teacher: side(&teacher, teacher_size),
+            student: side(&student, student_size),
+            resample_grid: t.resample_to_student_grid,
+        };
+        let check = pair.check(teacher.patch_size(), student.patch_size(), s.connector);
+        if let Err(error) = check {
+            let field = match error {
+                PairError::Grids { .. } => "student.image_size",
+                _ => "student.connector",
+            };
+            found.push(field, error.to_string());
+        }
     }
 
     pub fn to_ron(&self) -> Result<String, ConfigError> {

@@ -356,3 +356,30 @@ fn evaluate_runs_knn_for_student_and_teacher_and_keeps_the_table() {
     reopened.evaluate.refresh(&runs);
     assert_eq!(reopened.evaluate.results.len(), 2);
 }
+
+/// A pair of two families in Setup: the timm-ViT editors hold each model, and a missing width
+/// connector shows beside its field while you edit, before anything starts.
+#[test]
+fn a_pair_of_two_families_shows_its_pair_problems_beside_the_fields() {
+    at_repo_root();
+    let mut app = KdlabApp::open(Some(Path::new("configs/demo_families.ron")))
+        .with_detected_devices(DEVICES.iter().map(|d| d.to_string()).collect());
+    app.set_backend(BackendChoice::Cpu);
+    app.set_runs_dir(Path::new("runs"));
+    assert!(
+        app.setup.config.problems().is_empty(),
+        "the demo pair is valid"
+    );
+    app.setup.config.student.connector = false;
+    let mut harness = harness(app);
+    harness.run();
+    harness.get_by_label_contains("a width connector (32 → 48) is needed");
+    harness.get_by_label("connector").click();
+    harness.run();
+    assert!(harness.state().setup.config.student.connector);
+    assert!(
+        harness
+            .query_by_label_contains("a width connector")
+            .is_none()
+    );
+}

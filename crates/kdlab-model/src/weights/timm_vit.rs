@@ -541,8 +541,8 @@ pub fn config_json(config: &VitConfig) -> Value {
             args["rope_temperature"] = temperature.into();
             args["rope_rotate_half"] = true.into();
             args["use_fc_norm"] = false.into();
-            // `Eva` takes the LayerNorm eps; `VisionTransformer` has timm's 1e-6.
-            args["norm_eps"] = config.norm_eps.into();
+            // No `norm_eps`: `Eva` takes none; timm's DINOv3 architectures fix 1e-5, which is
+            // also what kdlab reads for a DINOv3 file whose config.json states none.
         }
     }
     serde_json::json!({

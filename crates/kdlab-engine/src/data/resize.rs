@@ -6,21 +6,10 @@
 //! fixed-point weights with 22 fractional bits, the intermediate rounded to uint8.
 
 use image::RgbImage;
+// Keys' cubic convolution kernel with a = −0.5 (Pillow's and torch's bicubic).
+use kdlab_model::model::resample::keys_cubic as bicubic;
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
-
-/// Keys' cubic convolution kernel with a = −0.5 (Pillow's and torch's bicubic).
-fn bicubic(x: f64) -> f64 {
-    const A: f64 = -0.5;
-    let x = x.abs();
-    if x < 1.0 {
-        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        (((x - 5.0) * x + 8.0) * x - 4.0) * A
-    } else {
-        0.0
-    }
-}
 
 /// For each output index: the first input index and the fixed-point weights from there on.
 struct Coefficients {

@@ -229,11 +229,7 @@ impl<B: Backend> BeitV2<B> {
     /// Keeps only the given blocks, in order, each with its own table (timm layout) or the shared
     /// one (unilm layout): the seed's student made of the teacher's own blocks.
     pub fn select_blocks(mut self, keep: &[usize]) -> Self {
-        let mut blocks: Vec<Option<BeitBlock<B>>> = self.blocks.into_iter().map(Some).collect();
-        self.blocks = keep
-            .iter()
-            .filter_map(|&i| blocks.get_mut(i)?.take())
-            .collect();
+        self.blocks = super::keep_in_order(self.blocks, keep);
         self
     }
 

@@ -203,11 +203,7 @@ impl<B: Backend> Data2Vec2<B> {
 
     /// Keeps the prenet and only the given main blocks, in order.
     pub fn select_main_blocks(mut self, keep: &[usize]) -> Self {
-        let mut blocks: Vec<Option<AltBlock<B>>> = self.blocks.into_iter().map(Some).collect();
-        self.blocks = keep
-            .iter()
-            .filter_map(|&i| blocks.get_mut(i)?.take())
-            .collect();
+        self.blocks = super::keep_in_order(self.blocks, keep);
         self
     }
 

@@ -21,6 +21,15 @@ pub use beit_v2::{BeitV2, BeitV2Config};
 pub use data2vec2::{BlockSelection, Data2Vec2, Data2Vec2Config};
 pub use timm_vit::{Vit, VitConfig, VitFamily, VitPositions};
 
+/// `items` at the positions `keep`, in that order (a student of some of a model's blocks);
+/// positions that do not exist, or repeat, are skipped.
+pub fn keep_in_order<T>(items: Vec<T>, keep: &[usize]) -> Vec<T> {
+    let mut items: Vec<Option<T>> = items.into_iter().map(Some).collect();
+    keep.iter()
+        .filter_map(|&i| items.get_mut(i)?.take())
+        .collect()
+}
+
 /// The tokens in front of the patches, in this order: the CLS token, then the registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TokenLayout {

@@ -31,8 +31,9 @@ impl Interpolation {
     }
 }
 
-/// PyTorch's antialiased bicubic filter (PIL's, a = −0.5).
-fn bicubic_aa_filter(x: f64) -> f64 {
+/// Keys' cubic convolution kernel with a = −0.5: PyTorch's antialiased bicubic filter and
+/// Pillow's bicubic (the image resize of `kdlab_engine::data::resize` uses it too).
+pub fn keys_cubic(x: f64) -> f64 {
     const A: f64 = -0.5;
     let x = x.abs();
     if x < 1.0 {
@@ -59,7 +60,7 @@ fn bicubic_antialias_weights(input: usize, output: usize) -> Vec<f32> {
         let first = ((center - support + 0.5) as i64).max(0) as usize;
         let last = ((center + support + 0.5) as i64).min(input as i64).max(0) as usize;
         let taps: Vec<f64> = (first..last)
-            .map(|i| bicubic_aa_filter((i as f64 - center + 0.5) * inverse_scale))
+            .map(|i| keys_cubic((i as f64 - center + 0.5) * inverse_scale))
             .collect();
         let total: f64 = taps.iter().sum();
         for (i, w) in (first..last).zip(taps) {

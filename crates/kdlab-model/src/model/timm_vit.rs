@@ -294,11 +294,7 @@ impl<B: Backend> Vit<B> {
 
     /// Keeps only the given blocks, in order.
     pub fn select_blocks(mut self, keep: &[usize]) -> Self {
-        let mut blocks: Vec<Option<VitBlock<B>>> = self.blocks.into_iter().map(Some).collect();
-        self.blocks = keep
-            .iter()
-            .filter_map(|&i| blocks.get_mut(i)?.take())
-            .collect();
+        self.blocks = super::keep_in_order(self.blocks, keep);
         self
     }
 

@@ -120,17 +120,7 @@ fn features_matches_goldens() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.safetensors");
     let golden = golden();
-    let image = &golden["image"];
-    write_safetensors(
-        &input,
-        &[(
-            "image".into(),
-            image.shape.to_vec(),
-            image.as_bytes().to_vec(),
-            safetensors::Dtype::F32,
-        )],
-        None,
-    );
+    write_image_input(&input, &golden["image"]);
     let cases = [
         (
             "beitv2_tiny_unilm.pth",

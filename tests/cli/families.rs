@@ -11,17 +11,7 @@ fn vits_golden() -> std::collections::BTreeMap<String, burn::tensor::TensorData>
 /// Writes `image.{size}` of the goldens as the `image` tensor `--input` reads.
 fn input_of_size(dir: &std::path::Path, size: usize) -> std::path::PathBuf {
     let path = dir.join(format!("image{size}.safetensors"));
-    let image = &vits_golden()[&format!("image.{size}")];
-    write_safetensors(
-        &path,
-        &[(
-            "image".into(),
-            image.shape.to_vec(),
-            image.as_bytes().to_vec(),
-            safetensors::Dtype::F32,
-        )],
-        None,
-    );
+    write_image_input(&path, &vits_golden()[&format!("image.{size}")]);
     path
 }
 

@@ -801,7 +801,7 @@ impl RunConfig {
     /// here too, so that the app shows a missing connector or unequal grids beside the fields
     /// while you edit.
     fn random_pair_problems(&self, found: &mut Problems) {
-        use kdlab_model::pair::{KdPair, PairError, Side};
+        use kdlab_model::pair::{KdPair, Side};
         use kdlab_model::weights::Architecture;
         let (t, s) = (&self.teacher, &self.student);
         let teacher = match (&t.weights, &t.architecture, &t.vit) {
@@ -821,23 +821,14 @@ impl RunConfig {
             (None, true) => teacher_size,
             (None, false) => student.image_size(),
         };
-        let side = |a: &Architecture, size: usize| Side {
-            tokens: a.tokens(),
-            grid: size / a.patch_size().max(1),
-            embed_dim: a.embed_dim(),
-        };
         let pair = KdPair {
-            teacher: side(&teacher, teacher_size),
-            student: side(&student, student_size),
+            teacher: Side::of(&teacher, teacher_size),
+            student: Side::of(&student, student_size),
             resample_grid: t.resample_to_student_grid,
         };
         let check = pair.check(teacher.patch_size(), student.patch_size(), s.connector);
         if let Err(error) = check {
-            let field = match error {
-                PairError::Grids { .. } => "student.image_size",
-                _ => "student.connector",
-            };
-            found.push(field, error.to_string());
+            found.push(error.field(), error.to_string());
         }
     }
 

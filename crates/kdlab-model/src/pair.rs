@@ -10,12 +10,14 @@
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
 
 use crate::model::resample::{Interpolation, resample_grid};
 use crate::model::{Encoder, TokenLayout};
-use crate::target::{instance_norm_tokens, layer_norm_plain, prepare_target};
+pub use crate::target::average_normalised;
+use crate::target::{layer_norm_plain, prepare_target};
+use crate::weights::Architecture;
 
 /// One side of a pair, as the target sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -24,6 +26,17 @@ pub struct Side {
     /// Patches per side of the grid.
     pub grid: usize,
     pub embed_dim: usize,
+}
+
+impl Side {
+    /// A model of `architecture` seeing `image_size` px images.
+    pub fn of(architecture: &Architecture, image_size: usize) -> Self {
+        Self {
+            tokens: architecture.tokens(),
+            grid: image_size / architecture.patch_size().max(1),
+            embed_dim: architecture.embed_dim(),
+        }
+    }
 }
 
 /// How the two sides' layer results become a target and a prediction of one shape.
@@ -59,13 +72,16 @@ pub enum PairError {
         "a width connector was asked for, but the student and the teacher are both {width} wide"
     )]
     ConnectorNotNeeded { width: usize },
-    #[error("the connector is {found_in} → {found_out}, the pair needs {student} → {teacher}")]
-    ConnectorShape {
-        found_in: usize,
-        found_out: usize,
-        student: usize,
-        teacher: usize,
-    },
+}
+
+impl PairError {
+    /// The run-config field that decides it.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Grids { .. } => "student.image_size",
+            Self::ConnectorMissing { .. } | Self::ConnectorNotNeeded { .. } => "student.connector",
+        }
+    }
 }
 
 impl KdPair {
@@ -124,22 +140,28 @@ impl KdPair {
         if self.teacher.grid == self.student.grid {
             return prepare_target(&layers);
         }
-        let average = average_normalised(layers);
+        layer_norm_plain(self.on_student_grid(average_normalised(layers)))
+    }
+
+    /// Teacher tokens `[B, c + N_t, D]` on the student's grid: the patches resampled
+    /// bilinearly, the CLS token (if kept) as it is.
+    fn on_student_grid<B: Backend>(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        if self.teacher.grid == self.student.grid {
+            return h;
+        }
         let cls = usize::from(self.keeps_class_token());
-        let [_, tokens, _] = average.dims();
-        let patches = average.clone().narrow(1, cls, tokens - cls);
+        let [_, tokens, _] = h.dims();
         let patches = resample_grid(
-            patches,
+            h.clone().narrow(1, cls, tokens - cls),
             self.teacher.grid,
             self.student.grid,
             Interpolation::Bilinear,
         );
-        let resampled = if cls == 1 {
-            Tensor::cat(vec![average.narrow(1, 0, 1), patches], 1)
+        if cls == 1 {
+            Tensor::cat(vec![h.narrow(1, 0, 1), patches], 1)
         } else {
             patches
-        };
-        layer_norm_plain(resampled)
+        }
     }
 
     /// The student's prediction `[B, c + N_s, D_t]`, f32, through the connector if it has one.
@@ -158,23 +180,11 @@ impl KdPair {
     /// A teacher layer result on the target's tokens and the student's grid (patches resampled
     /// bilinearly when the grids differ): what the layer CKA compares token by token.
     pub fn teacher_layer_tokens<B: Backend>(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = target_tokens(h, self.teacher.tokens, self.keeps_class_token());
-        if self.teacher.grid == self.student.grid {
-            return h;
-        }
-        let cls = usize::from(self.keeps_class_token());
-        let [_, tokens, _] = h.dims();
-        let patches = resample_grid(
-            h.clone().narrow(1, cls, tokens - cls),
-            self.teacher.grid,
-            self.student.grid,
-            Interpolation::Bilinear,
-        );
-        if cls == 1 {
-            Tensor::cat(vec![h.narrow(1, 0, 1), patches], 1)
-        } else {
-            patches
-        }
+        self.on_student_grid(target_tokens(
+            h,
+            self.teacher.tokens,
+            self.keeps_class_token(),
+        ))
     }
 
     /// A student layer result on the target's tokens.
@@ -215,17 +225,6 @@ pub fn target_tokens<B: Backend>(
     }
 }
 
-/// `mean_l instance_norm(H_l)` in f32, before the final layer norm.
-pub fn average_normalised<B: Backend>(layers: Vec<Tensor<B, 3>>) -> Tensor<B, 3> {
-    let count = layers.len() as f64;
-    layers
-        .into_iter()
-        .map(|h| instance_norm_tokens(h.cast(DType::F32)))
-        .reduce(|acc, h| acc + h)
-        .expect("a model has at least one layer result")
-        / count
-}
-
 /// The width connector: a Linear from the student's width to the teacher's, trained with the
 /// student, saved in its checkpoint (`connector.weight`, `connector.bias`) and exported beside
 /// (never inside) its encoder.
@@ -235,12 +234,6 @@ pub fn width_connector<B: Backend>(
     device: &B::Device,
 ) -> Linear<B> {
     LinearConfig::new(student_dim, teacher_dim).init(device)
-}
-
-/// `(student width, teacher width)` of a connector.
-pub fn connector_widths<B: Backend>(connector: &Linear<B>) -> (usize, usize) {
-    let [input, output] = connector.weight.dims();
-    (input, output)
 }
 
 /// The frozen teacher and how its target meets the student's prediction.

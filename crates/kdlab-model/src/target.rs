@@ -42,13 +42,19 @@ pub fn prepare_target<B: Backend>(layer_results: &[Tensor<B, 3>]) -> Tensor<B, 3
 
 /// `prepare_target` as tensor operations, one by one (any backend; f32 layer results).
 pub fn prepare_target_by_tensors<B: Backend>(layers: Vec<Tensor<B, 3>>) -> Tensor<B, 3> {
+    layer_norm_plain(average_normalised(layers))
+}
+
+/// `mean_l instance_norm(H_l)` in f32: the target before its final layer norm (where a width
+/// connector or grid matching acts, `pair`).
+pub fn average_normalised<B: Backend>(layers: Vec<Tensor<B, 3>>) -> Tensor<B, 3> {
     let count = layers.len() as f64;
-    let sum = layers
+    layers
         .into_iter()
-        .map(instance_norm_tokens)
+        .map(|h| instance_norm_tokens(h.cast(DType::F32)))
         .reduce(|acc, h| acc + h)
-        .expect("non-empty");
-    layer_norm_plain(sum / count)
+        .expect("a model has at least one layer result")
+        / count
 }
 
 /// Mean squared error over all B·T·D elements, CLS included, in f32.

@@ -99,6 +99,20 @@ pub fn write_safetensors(
     safetensors::serialize_to_file(views, metadata, path).unwrap();
 }
 
+/// A batch of already normalised images as the `image` tensor `features --input` reads.
+pub fn write_image_input(path: &Path, image: &TensorData) {
+    write_safetensors(
+        path,
+        &[(
+            "image".into(),
+            image.shape.to_vec(),
+            image.as_bytes().to_vec(),
+            safetensors::Dtype::F32,
+        )],
+        None,
+    );
+}
+
 /// Every tensor of a safetensors file as (name, shape, bytes, dtype).
 pub fn raw_tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<u8>, safetensors::Dtype)> {
     let bytes = std::fs::read(path).unwrap();

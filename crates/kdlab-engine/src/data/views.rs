@@ -76,9 +76,13 @@ impl Views {
 impl Views {
     /// Both views of one image as the validation transform makes them (resize, normalise).
     pub fn validation(&self, img: &RgbImage) -> Vec<f32> {
-        let mut out = self.view_of(img, self.teacher);
-        if !self.shared() {
-            out.extend(self.view_of(img, self.student));
+        let mut out = Vec::with_capacity(self.pixels());
+        for view in self.distinct() {
+            let size = view.size as u32;
+            out.extend(normalize_with(
+                &resize_bicubic(img, size, size),
+                view.normalization,
+            ));
         }
         out
     }
@@ -115,10 +119,5 @@ impl Views {
         } else {
             vec![self.teacher, self.student]
         }
-    }
-
-    fn view_of(&self, img: &RgbImage, view: View) -> Vec<f32> {
-        let size = view.size as u32;
-        normalize_with(&resize_bicubic(img, size, size), view.normalization)
     }
 }

@@ -100,14 +100,7 @@ impl From<WindowState> for LossWindowState {
 /// The student's tensors under its family's names (and the connector's), f32.
 pub fn student_tensors<B: Backend>(student: &Student<B>) -> Vec<(String, TensorData)> {
     let fairseq = matches!(student.encoder, Encoder::Data2Vec2(_));
-    student
-        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
-        .into_iter()
-        .filter_map(|s| {
-            let data = s.to_data().ok()?.convert_dtype(DType::F32);
-            Some((file_key(&s.full_path(), fairseq), data))
-        })
-        .collect()
+    named_f32(student, |path| file_key(path, fairseq))
 }
 
 /// A bare data2vec 2.0 module's tensors under fairseq names, f32 (what a data2vec 2.0 student's
@@ -115,26 +108,26 @@ pub fn student_tensors<B: Backend>(student: &Student<B>) -> Vec<(String, TensorD
 pub fn data2vec2_tensors<B: Backend, M: ModuleSnapshot<B>>(
     module: &M,
 ) -> Vec<(String, TensorData)> {
-    module
-        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
-        .into_iter()
-        .filter_map(|s| {
-            let data = s.to_data().ok()?.convert_dtype(DType::F32);
-            Some((fairseq_name(&s.full_path()), data))
-        })
-        .collect()
+    named_f32(module, fairseq_name)
 }
 
 /// An encoder's tensors as its family's own files name them (`kdlab export`): fairseq's for
 /// data2vec 2.0, unilm's for BEiT v2, timm's for a timm ViT (`Eva`'s `gamma_1`/`gamma_2` for
 /// DINOv3), f32.
 pub fn encoder_tensors<B: Backend>(encoder: &Encoder<B>) -> Vec<(String, TensorData)> {
-    let name = |path: &str| match encoder {
+    named_f32(encoder, |path| match encoder {
         Encoder::Data2Vec2(_) => fairseq_name(path),
         Encoder::BeitV2(_) => path.to_string(),
         Encoder::Vit(_) => kdlab_model::weights::timm_vit::file_key(path, eva_names(encoder)),
-    };
-    encoder
+    })
+}
+
+/// Every tensor of `module` (PyTorch naming, enum variants skipped) renamed by `name`, as f32.
+fn named_f32<B: Backend, M: ModuleSnapshot<B>>(
+    module: &M,
+    name: impl Fn(&str) -> String,
+) -> Vec<(String, TensorData)> {
+    module
         .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
         .into_iter()
         .filter_map(|s| {

@@ -191,6 +191,13 @@ pub fn train(
     if let Some(warning) = session.precision_warning(plan.config.precision) {
         on_event(Event::Warning(warning));
     }
+    if !plan.models.pair.keeps_class_token() {
+        on_event(Event::Warning(
+            "the teacher and the student do not both have a CLS token: the target is over the \
+             patches only"
+                .into(),
+        ));
+    }
     let world = World::of(&plan.config.parallel);
     // Only now, with nothing left to refuse, does a new run directory appear — on node 0: the
     // other nodes of a multi-node run write nothing (node 0 names the run and writes it).

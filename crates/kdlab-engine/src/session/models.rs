@@ -14,7 +14,7 @@ use crate::data::Normalization;
 pub use crate::data::views::{View, Views};
 use kdlab_model::model::Encoder;
 use kdlab_model::model::generator::{materialize, seeded};
-use kdlab_model::pair::{KdPair, PairError, Side, Student, Teacher, width_connector};
+use kdlab_model::pair::{KdPair, Side, Student, Teacher, width_connector};
 use kdlab_model::weights::{Architecture, Checkpoint};
 
 /// Student and teacher for training: the frozen teacher outside autodiff.
@@ -182,14 +182,9 @@ fn pair_of(
     student: &StudentSource,
     found: &mut Problems,
 ) -> Option<KdPair> {
-    let side = |architecture: &Architecture, view: &View| Side {
-        tokens: architecture.tokens(),
-        grid: view.size / architecture.patch_size(),
-        embed_dim: architecture.embed_dim(),
-    };
     let pair = KdPair {
-        teacher: side(&teacher.architecture, &teacher.view),
-        student: side(&student.architecture, &student.view),
+        teacher: Side::of(&teacher.architecture, teacher.view.size),
+        student: Side::of(&student.architecture, student.view.size),
         resample_grid: config.teacher.resample_to_student_grid,
     };
     let check = pair.check(
@@ -198,23 +193,9 @@ fn pair_of(
         student.connector,
     );
     match check {
-        Ok(()) => {
-            if !pair.keeps_class_token() {
-                tracing::info!(
-                    "the teacher and the student do not both have a CLS token: the target is \
-                     over the patches only"
-                );
-            }
-            Some(pair)
-        }
+        Ok(()) => Some(pair),
         Err(error) => {
-            let field = match error {
-                PairError::Grids { .. } => "student.image_size",
-                PairError::ConnectorMissing { .. }
-                | PairError::ConnectorNotNeeded { .. }
-                | PairError::ConnectorShape { .. } => "student.connector",
-            };
-            found.push(field, error.to_string());
+            found.push(error.field(), error.to_string());
             None
         }
     }
@@ -435,15 +416,12 @@ impl StudentSource {
             StudentOrigin::Teacher => teacher.checkpoint.as_ref(),
             StudentOrigin::Random => None,
         };
-        let (size, normalization) = match (&origin, s.image_size, &s.normalization) {
-            // The teacher's own blocks see what the teacher sees unless told otherwise.
-            (StudentOrigin::Teacher, None, None) => {
-                (Some(teacher.view.size), None::<&NormalizationConfig>)
-            }
-            (_, size, normalization) => (size, normalization.as_ref()),
-        };
+        // The teacher's own blocks see what the teacher sees unless told otherwise.
+        let from_teacher = matches!(origin, StudentOrigin::Teacher);
+        let size = s.image_size.or(from_teacher.then_some(teacher.view.size));
+        let normalization = s.normalization.as_ref();
         let mut view = view_of(&base, file, size, normalization, "student", found)?;
-        if matches!(origin, StudentOrigin::Teacher) && s.normalization.is_none() {
+        if from_teacher && normalization.is_none() {
             view.normalization = teacher.view.normalization;
         }
         let connector = match &origin {

@@ -127,15 +127,6 @@ impl<B: Backend> Encoder<B> {
         }
     }
 
-    /// How many layer results a forward gives.
-    pub fn num_layers(&self) -> usize {
-        match self {
-            Self::BeitV2(m) => m.blocks.len(),
-            Self::Data2Vec2(m) => m.blocks.len(),
-            Self::Vit(m) => m.blocks.len(),
-        }
-    }
-
     /// The tokens in front of the patches.
     pub fn tokens(&self) -> TokenLayout {
         match self {

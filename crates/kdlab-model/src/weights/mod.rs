@@ -335,8 +335,8 @@ impl Checkpoint {
             return Ok(None);
         };
         let width = self.architecture.embed_dim();
-        let (teacher, student) = match weight.shape.as_slice() {
-            &[t, s] if s == width => (t, s),
+        let teacher = match weight.shape.as_slice() {
+            &[t, s] if s == width => t,
             other => {
                 return Err(self.invalid(&format!(
                     "'connector.weight' should be [D_teacher, {width}], found {other:?}"
@@ -356,7 +356,6 @@ impl Checkpoint {
         };
         let weight = burn::tensor::Tensor::<B, 2>::from_data(read(weight)?, device);
         let bias = burn::tensor::Tensor::<B, 1>::from_data(read(bias)?, device);
-        let _ = student;
         Ok(Some(burn::nn::Linear {
             // PyTorch [out, in] → burn [in, out]
             weight: burn::module::Param::from_tensor(weight.transpose()),

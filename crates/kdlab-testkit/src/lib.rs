@@ -1,11 +1,12 @@
 //! The helpers every test suite of kdlab shares (each crate's `tests/<crate>/main.rs` and the
 //! binary's `tests/cli`): fixtures, goldens and tolerances, synthetic images and configs, loud
-//! skips, and the reader of TensorBoard files (`tensorboard`). Test code only: a
-//! dev-dependency, never shipped.
+//! skips, the reader of TensorBoard files (`tensorboard`) and a Hugging Face hub on 127.0.0.1
+//! (`hub_server`). Test code only: a dev-dependency, never shipped.
 //!
 //! Running the `kdlab` binary is the one thing not here: its path is known only to the tests of
 //! the package that builds it (tests/cli/common.rs).
 
+pub mod hub_server;
 pub mod tensorboard;
 
 use std::collections::BTreeMap;

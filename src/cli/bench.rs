@@ -80,6 +80,8 @@ pub fn run(args: BenchArgs, backend: BackendChoice) -> anyhow::Result<ExitCode> 
             config
         }
     };
+    let mut config = config;
+    super::fetch_config_weights(&mut config)?;
     // A field counts where a config gave it: the file, or --set over the full-size one.
     let from_config = |field: &str| args.config.is_some() || args.set.touches(field);
     let session = super::open_session(backend)?;

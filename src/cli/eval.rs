@@ -154,14 +154,14 @@ impl EvalArgs {
         }
         if let Some(weights) = &self.weights {
             models.push(ModelSpec::Weights {
-                path: weights.clone(),
+                path: super::weights_file(weights)?,
                 depth: self.depth,
             });
         }
         match (&self.teacher, &checkpoint) {
             (None, _) => {}
             (Some(Some(path)), _) => models.push(ModelSpec::Weights {
-                path: path.clone(),
+                path: super::weights_file(path)?,
                 depth: None,
             }),
             (Some(None), Some(checkpoint)) => {

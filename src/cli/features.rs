@@ -66,7 +66,7 @@ fn parse_blocks(text: &str) -> Result<Blocks, String> {
 }
 
 pub fn run(args: FeaturesArgs, backend: BackendChoice) -> anyhow::Result<ExitCode> {
-    let checkpoint = Checkpoint::open(&args.weights)?;
+    let checkpoint = Checkpoint::open(&super::weights_file(&args.weights)?)?;
     let architecture = &checkpoint.architecture;
     let image_size = architecture.image_size();
     let images = match (&args.input, &args.image) {

@@ -31,8 +31,10 @@ pub struct HeatmapArgs {
 }
 
 pub fn run(args: HeatmapArgs, backend: BackendChoice) -> anyhow::Result<ExitCode> {
+    let mut config = args.set.load_run_config(&args.config)?;
+    super::fetch_config_weights(&mut config)?;
     let request = HeatmapRequest {
-        config: args.set.load_run_config(&args.config)?,
+        config,
         checkpoint: args.checkpoint.as_deref().map(RunDir::checkpoint_in),
         images: args.image,
         out: args.out,

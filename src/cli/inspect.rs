@@ -67,7 +67,7 @@ struct ShapeMismatch {
 }
 
 pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
-    let checkpoint = Checkpoint::open(&args.weights)?;
+    let checkpoint = Checkpoint::open(&super::weights_file(&args.weights)?)?;
     // Planning builds the module (shapes only) on the CPU: guarded like any work on tensors.
     let plan = Session::on(Selected::Cpu).guard(None, || Ok(checkpoint.plan()))?;
     let report = report(&checkpoint, plan);

@@ -4,6 +4,7 @@ mod bench;
 mod eval;
 mod export;
 mod features;
+mod fetch;
 mod heatmap;
 mod inspect;
 pub mod tensor_file;
@@ -22,6 +23,8 @@ use kdlab_engine::backend::BackendChoice;
 use kdlab_engine::config::{ConfigError, RunConfig};
 use kdlab_engine::overrides::{ConfigOverride, apply_overrides, mark_overridden};
 use kdlab_engine::session::Session;
+use kdlab_engine::session::fetch::{Download, fetch_weights, fetch_weights_arg};
+use kdlab_hub::Fetcher;
 
 /// Distil a BEiT v2 teacher into a data2vec 2.0 student on burn, and see per patch where the
 /// student matches the teacher.
@@ -35,6 +38,11 @@ pub struct Cli {
     /// Compute backend: auto picks CUDA, then a WGPU GPU adapter, then the CPU.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto, global = true)]
     pub backend: BackendChoice,
+
+    /// Never touch the network: weights names come from the cache or fail naming what is
+    /// missing (as HF_HUB_OFFLINE=1).
+    #[arg(long, global = true)]
+    pub offline: bool,
 
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -62,10 +70,19 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Write a run's student in data2vec 2.0 (fairseq) key names.
     Export(export::ExportArgs),
+    /// Download models by name into the caches (the Hugging Face hub's, shared with Python;
+    /// kdlab's for files outside the hub), resuming and verifying; --list shows the names.
+    Fetch(fetch::FetchArgs),
 }
 
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    if cli.offline {
+        // `--offline` is HF_HUB_OFFLINE=1 for everything this process fetches.
+        // SAFETY: set right after parsing, before any thread exists (main starts none, and no
+        // command has run yet), so no one reads the environment concurrently.
+        unsafe { std::env::set_var("HF_HUB_OFFLINE", "1") };
+    }
     match cli.command {
         None if cli.no_gui => {
             Cli::command().print_help()?;
@@ -87,6 +104,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Eval(args)) => eval::run(args, cli.backend),
         Some(Command::Bench(args)) => bench::run(args, cli.backend),
         Some(Command::Heatmap(args)) => heatmap::run(args, cli.backend),
+        Some(Command::Fetch(args)) => fetch::run(args),
     }
 }
 
@@ -183,4 +201,85 @@ impl Drop for Progress {
     fn drop(&mut self) {
         self.bar.finish_and_clear();
     }
+}
+
+/// Downloads on a terminal: one bar per file with bytes, speed and ETA. Off a terminal the bars
+/// are hidden and each file gets a line when it starts.
+#[derive(Default)]
+struct Downloads {
+    /// The file (and whether it is being verified) the bar is for.
+    current: Option<(String, bool, indicatif::ProgressBar)>,
+}
+
+impl Downloads {
+    fn show(&mut self, download: Download) {
+        let same = self.current.as_ref().is_some_and(|(file, verifying, _)| {
+            *file == download.file && *verifying == download.verifying
+        });
+        if !same {
+            self.finish();
+            let what = if download.verifying {
+                "verifying"
+            } else {
+                "downloading"
+            };
+            let bar = indicatif::ProgressBar::new(download.total.unwrap_or(0))
+                .with_position(download.done)
+                .with_message(format!("{what} {}", download.file));
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{msg} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            if bar.is_hidden() {
+                let resumed = match download.resumed_from {
+                    0 => String::new(),
+                    bytes => format!(" (resuming at {bytes} bytes)"),
+                };
+                eprintln!("kdlab: {what} {}{resumed}", download.file);
+            }
+            self.current = Some((download.file.clone(), download.verifying, bar));
+        }
+        if let Some((_, _, bar)) = &self.current {
+            if let Some(total) = download.total {
+                bar.set_length(total);
+            }
+            bar.set_position(download.done);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some((_, _, bar)) = self.current.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for Downloads {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The config's weights names fetched into the cache (with bars), recorded in the config.
+fn fetch_config_weights(config: &mut RunConfig) -> anyhow::Result<()> {
+    let mut downloads = Downloads::default();
+    fetch_weights(config, &Fetcher::from_env(), &mut |download| {
+        downloads.show(download);
+        std::ops::ControlFlow::Continue(())
+    })?;
+    Ok(())
+}
+
+/// A `--weights` argument: its file, fetched first if it is a name.
+fn weights_file(weights: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let mut downloads = Downloads::default();
+    Ok(fetch_weights_arg(
+        weights,
+        &Fetcher::from_env(),
+        &mut |download| {
+            downloads.show(download);
+            std::ops::ControlFlow::Continue(())
+        },
+    )?)
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 
-use super::Progress;
+use super::{Downloads, Progress};
 use kdlab_engine::backend::BackendChoice;
 use kdlab_engine::config::{Devices, RunConfig};
 use kdlab_engine::distill::{
@@ -114,7 +114,10 @@ pub fn run(args: TrainArgs, backend: BackendChoice) -> anyhow::Result<ExitCode> 
         },
     };
     let progress = Progress::new("{spinner} step {pos}/{len} [{wide_bar}] {msg} ETA {eta}")?;
-    let finished = train(&session, &request, &mut |event| show(&progress, event))?;
+    let mut downloads = Downloads::default();
+    let finished = train(&session, &request, &mut |event| {
+        show(&progress, &mut downloads, event)
+    })?;
     drop(progress);
     if let Some((rank, nodes)) = finished.node.filter(|&(rank, _)| rank > 0) {
         eprintln!("kdlab: node {rank} of {nodes} done; node 0 wrote the run");
@@ -133,8 +136,11 @@ pub fn run(args: TrainArgs, backend: BackendChoice) -> anyhow::Result<ExitCode> 
 }
 
 /// The progress bar and the lines above it.
-fn show(progress: &Progress, event: Event) {
+fn show(progress: &Progress, downloads: &mut Downloads, event: Event) {
     let bar = &progress.bar;
+    if !matches!(event, Event::Download(_)) {
+        downloads.finish();
+    }
     match event {
         Event::Started {
             run_dir,
@@ -164,6 +170,7 @@ fn show(progress: &Progress, event: Event) {
             bar.set_position(start_step as u64);
         }
         Event::Warning(warning) => progress.say(format!("kdlab: warning: {warning}")),
+        Event::Download(download) => downloads.show(download),
         Event::Step(m) => {
             bar.set_position(m.step as u64);
             if let (Some(loss), Some(lr), Some(speed)) = (m.loss, m.lr, m.img_per_s) {

@@ -1,6 +1,6 @@
 //! The `kdlab` binary's test suite, one binary: every command as a user types it (train,
-//! resume, data-parallel runs and their faults, eval, overrides, TensorBoard output) and the
-//! engine entries those commands share with the app.
+//! resume, models by name, data-parallel runs and their faults, eval, overrides, TensorBoard
+//! output) and the engine entries those commands share with the app.
 
 mod cli;
 mod collapse;
@@ -9,6 +9,7 @@ mod data_parallel;
 mod engine;
 mod eval;
 mod families;
+mod fetch;
 mod overrides_cli;
 mod precision;
 mod tensorboard;

@@ -13,6 +13,7 @@ use kdlab_engine::distill::{
     Event, Outcome, ParallelOverrides, RunStart, TrainControl, TrainRequest,
 };
 use kdlab_engine::session::RunDir;
+use kdlab_engine::session::fetch::Download;
 
 const LOG_LINES: usize = 500;
 const TRAIN_COLOUR: egui::Color32 = egui::Color32::from_rgb(230, 120, 60);
@@ -51,7 +52,33 @@ pub struct RunProgress {
     pub pred_var_floor: Option<f64>,
     pub img_per_s: Option<f64>,
     timing: Option<(Instant, usize)>,
+    /// A weights name being downloaded before the run starts.
+    pub download: Option<DownloadRow>,
     pub log: VecDeque<String>,
+}
+
+/// The download in flight, with what its speed is measured from.
+#[derive(Debug, Clone)]
+pub struct DownloadRow {
+    pub now: Download,
+    since: Instant,
+    /// Bytes at `since` (a resumed download starts with some).
+    from: u64,
+}
+
+impl DownloadRow {
+    /// Bytes per second since this download (or its verification) began.
+    pub fn speed(&self) -> Option<f64> {
+        let seconds = self.since.elapsed().as_secs_f64();
+        (seconds > 0.2).then(|| self.now.done.saturating_sub(self.from) as f64 / seconds)
+    }
+
+    pub fn eta(&self) -> Option<Duration> {
+        let left = self.now.total?.saturating_sub(self.now.done) as f64;
+        self.speed()
+            .filter(|s| *s > 0.0)
+            .map(|s| Duration::from_secs_f64(left / s))
+    }
 }
 
 impl Default for RunProgress {
@@ -71,6 +98,7 @@ impl Default for RunProgress {
             pred_var_floor: None,
             img_per_s: None,
             timing: None,
+            download: None,
             log: VecDeque::new(),
         }
     }
@@ -125,6 +153,7 @@ impl RunProgress {
                 if let Some((_, _, devices)) = parallel {
                     self.say(format!("data-parallel over {devices} devices"));
                 }
+                self.download = None;
                 self.run_dir = Some(run_dir);
                 self.total_steps = total_steps;
                 self.step = start_step;
@@ -164,6 +193,7 @@ impl RunProgress {
                 self.say(format!("heatmaps after epoch {epoch} in {}", dir.display()));
             }
             Event::Warning(warning) => self.say(format!("warning: {warning}")),
+            Event::Download(now) => self.apply_download(now),
             Event::Paused { step } => {
                 self.step = step;
                 if self.state == RunState::Pausing {
@@ -172,6 +202,32 @@ impl RunProgress {
                 self.say(format!("paused after step {step}"));
             }
             Event::Continued => self.say("continued".into()),
+        }
+    }
+
+    fn apply_download(&mut self, now: Download) {
+        let same = self
+            .download
+            .as_ref()
+            .is_some_and(|row| row.now.file == now.file && row.now.verifying == now.verifying);
+        if !same {
+            let what = if now.verifying {
+                "verifying"
+            } else {
+                "downloading"
+            };
+            let resumed = match now.resumed_from {
+                0 => String::new(),
+                bytes => format!(" (resuming at {})", megabytes(bytes)),
+            };
+            self.say(format!("{what} {}{resumed}", now.file));
+            self.download = Some(DownloadRow {
+                from: now.done,
+                since: Instant::now(),
+                now,
+            });
+        } else if let Some(row) = &mut self.download {
+            row.now = now;
         }
     }
 
@@ -273,6 +329,7 @@ impl RunPanel {
     pub fn ui(&mut self, ui: &mut egui::Ui, setup: &RunSetup) {
         self.controls_ui(ui, setup);
         ui.separator();
+        self.download_ui(ui);
         self.status_ui(ui);
         ui.separator();
         self.plots_ui(ui);
@@ -362,6 +419,56 @@ impl RunPanel {
                 ui.colored_label(ui.visuals().error_fg_color, format!("Setup: {error}"));
             }
         });
+    }
+
+    /// The download before a run: file, bytes, speed, ETA, and Cancel (the part is kept, and
+    /// the next Start resumes it).
+    fn download_ui(&mut self, ui: &mut egui::Ui) {
+        let Some(row) = &self.progress.download else {
+            return;
+        };
+        if !self.is_active() {
+            return;
+        }
+        let now = &row.now;
+        let mut cancel = false;
+        ui.horizontal_wrapped(|ui| {
+            ui.strong(if now.verifying {
+                "verifying"
+            } else {
+                "downloading"
+            });
+            ui.label(&now.file);
+            let size = match now.total {
+                Some(total) => format!("{} / {}", megabytes(now.done), megabytes(total)),
+                None => megabytes(now.done),
+            };
+            ui.label(format!("· {size}"));
+            if let Some(speed) = row.speed() {
+                ui.label(format!("· {}/s", megabytes(speed as u64)));
+            }
+            if let Some(eta) = row.eta() {
+                let secs = eta.as_secs();
+                ui.label(format!("· ETA {}:{:02}", secs / 60, secs % 60));
+            }
+            cancel = ui
+                .button("Cancel")
+                .on_hover_text(
+                    "Stop the download; the part downloaded is kept and the next Start resumes it",
+                )
+                .clicked();
+        });
+        if let Some(total) = now.total.filter(|t| *t > 0) {
+            ui.add(egui::ProgressBar::new(now.done as f32 / total as f32).show_percentage());
+        }
+        if cancel && let Some(job) = &self.job {
+            job.request_stop();
+            self.progress.state = RunState::Stopping;
+            self.progress.say(
+                "download cancelled; the part downloaded is kept and the next Start resumes it"
+                    .into(),
+            );
+        }
     }
 
     fn status_ui(&self, ui: &mut egui::Ui) {
@@ -469,4 +576,9 @@ impl RunPanel {
                 }
             });
     }
+}
+
+/// Bytes as MB with one decimal (the hub's and the browsers' unit: 10^6).
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
 }

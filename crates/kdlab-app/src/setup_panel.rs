@@ -7,6 +7,7 @@ use egui::{DragValue, Grid, Ui};
 
 use kdlab_engine::backend::BackendChoice;
 use kdlab_engine::config::{ConfigProblem, NormalizationConfig, Precision, RunConfig, limits};
+use kdlab_hub::{CATALOGUE, WeightsName};
 use kdlab_model::model::{
     BeitV2Config, BlockSelection, Data2Vec2Config, VitConfig, VitFamily, VitPositions,
 };
@@ -26,8 +27,21 @@ pub fn problems(config: &RunConfig) -> Vec<ConfigProblem> {
             ));
         }
     };
-    must_exist("teacher.weights", config.teacher.weights.as_deref(), "file");
-    must_exist("student.weights", config.student.weights.as_deref(), "file");
+    // A weights name (hf:…, a short name) is fetched when the run starts; a name kdlab does not
+    // know is one of the config's own problems.
+    fn file(weights: Option<&Path>) -> Option<&Path> {
+        weights.filter(|w| matches!(WeightsName::of_path(w), Ok(WeightsName::Path(_))))
+    }
+    must_exist(
+        "teacher.weights",
+        file(config.teacher.weights.as_deref()),
+        "file",
+    );
+    must_exist(
+        "student.weights",
+        file(config.student.weights.as_deref()),
+        "file",
+    );
     must_exist("data.train", Some(&config.data.train), "folder");
     must_exist("data.val", config.data.val.as_deref(), "folder");
     for image in &config.probe.images {
@@ -705,6 +719,24 @@ fn optional_file_ui(
     {
         *file = Some(picked);
     }
+    ui.menu_button("Name…", |ui| {
+        ui.label("fetched into the cache when the run starts; or type hf:ORG/REPO[@REV][/FILE]");
+        ui.separator();
+        for known in CATALOGUE {
+            let hover = format!(
+                "{} · about {:.0} MB · {}",
+                known.what,
+                known.approx_bytes as f64 / 1e6,
+                known.source()
+            );
+            if ui.button(known.name).on_hover_text(hover).clicked() {
+                *file = Some(PathBuf::from(known.name));
+                ui.close();
+            }
+        }
+    })
+    .response
+    .on_hover_text("a model by name: the releases of the thesis pair and timm's families");
     if file.is_some()
         && ui
             .small_button("×")

@@ -10,6 +10,7 @@ use burn::tensor::DType;
 use serde::{Deserialize, Serialize};
 
 use crate::data::image_file::{DecodeLimits, PILLOW_MAX_IMAGE_PIXELS};
+use kdlab_hub::WeightsName;
 use kdlab_model::model::{BeitV2Config, BlockSelection, Data2Vec2Config, VitConfig};
 use kdlab_model::optim::AdamWSettings;
 
@@ -273,8 +274,14 @@ impl Default for ProbeConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct TeacherConfig {
     /// unilm `.pth`, timm safetensors (BEiT v2, ViT, DeiT, DeiT III, DINOv2, DINOv3 with the
-    /// `config.json` beside it) or a kdlab file; the architecture is read from the file.
+    /// `config.json` beside it) or a kdlab file; or a name: `hf:ORG/REPO[@REVISION][/FILE]` or
+    /// a short name (`kdlab fetch --list`), fetched into the cache on first use. The
+    /// architecture is read from the file.
     pub weights: Option<PathBuf>,
+    /// Written by kdlab: the file a weights name resolved to and its sha256, so that a run's
+    /// config.ron says exactly which weights it used (and a resumed run checks it has them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetched: Option<FetchedWeights>,
     /// A random BEiT v2 without weights; with weights, checked against the file.
     pub architecture: Option<BeitV2Config>,
     /// A random timm ViT (any family) without weights; with weights, checked against the file.
@@ -296,11 +303,34 @@ impl Default for TeacherConfig {
     fn default() -> Self {
         Self {
             weights: None,
+            fetched: None,
             architecture: Some(BeitV2Config::vit_base_patch16_224()),
             vit: None,
             image_size: None,
             normalization: None,
             resample_to_student_grid: false,
+        }
+    }
+}
+
+/// What a weights name resolved to when the run started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchedWeights {
+    /// The name as `weights` gives it (a record of another name is stale and fetched anew).
+    pub name: String,
+    pub file: PathBuf,
+    pub sha256: String,
+    /// The hub name at its commit, or the URL.
+    pub source: String,
+}
+
+impl FetchedWeights {
+    /// The file `weights` stands for: the fetched file when this record is of that name.
+    pub fn file_for<'a>(record: Option<&'a Self>, weights: &'a Path) -> &'a Path {
+        match record {
+            Some(record) if Path::new(&record.name) == weights => &record.file,
+            _ => weights,
         }
     }
 }
@@ -333,9 +363,12 @@ impl NormalizationConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StudentConfig {
-    /// fairseq `.pt`, timm safetensors (with config.json) or a kdlab file; the architecture is
-    /// read from the file.
+    /// fairseq `.pt`, timm safetensors (with config.json) or a kdlab file, or a name as for
+    /// the teacher; the architecture is read from the file.
     pub weights: Option<PathBuf>,
+    /// Written by kdlab, as for the teacher.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetched: Option<FetchedWeights>,
     /// A random data2vec 2.0 without weights; with weights, checked against the file.
     pub architecture: Option<Data2Vec2Config>,
     /// Which blocks to keep (data2vec 2.0: main blocks; the prenet blocks are always kept).
@@ -363,6 +396,7 @@ impl Default for StudentConfig {
     fn default() -> Self {
         Self {
             weights: None,
+            fetched: None,
             architecture: Some(Data2Vec2Config::vit_base_patch16_224()),
             blocks: BlockSelection::FirstMain(6),
             vit: None,
@@ -865,8 +899,19 @@ pub fn shared_token_problems(
     }
 }
 
+/// A weights text that is a name kdlab does not know, or a malformed `hf:` name (the file
+/// itself is opened when the run starts).
+fn weights_name_problems(field: &str, weights: Option<&Path>, found: &mut Problems) {
+    if let Some(weights) = weights
+        && let Err(error) = WeightsName::of_path(weights)
+    {
+        found.push(field, error.to_string());
+    }
+}
+
 impl TeacherConfig {
     fn problems(&self, found: &mut Problems) {
+        weights_name_problems("teacher.weights", self.weights.as_deref(), found);
         match (&self.weights, &self.architecture, &self.vit) {
             (None, None, None) => found.push(
                 "teacher",
@@ -896,6 +941,7 @@ impl TeacherConfig {
 
 impl StudentConfig {
     fn problems(&self, found: &mut Problems) {
+        weights_name_problems("student.weights", self.weights.as_deref(), found);
         if let Some(size) = self.image_size
             && size == 0
         {

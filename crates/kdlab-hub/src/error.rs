@@ -11,7 +11,7 @@ pub enum FetchError {
     Name(#[from] NameError),
 
     #[error(
-        "`{name}` is not in the cache ({}) and downloads are off ({why}); run `kdlab fetch {name}` on a machine with network and copy the cache, or unset HF_HUB_OFFLINE",
+        "`{name}` is not in the cache ({}) and downloads are off ({why}); run `kdlab fetch {name}` where there is network (and copy the cache here)",
         looked_in.display()
     )]
     Offline {

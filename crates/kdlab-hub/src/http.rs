@@ -95,9 +95,10 @@ impl Http {
             .min(Duration::from_secs(8))
     }
 
-    /// HEAD on a hub resolve URL, following only the hub's own relative redirects (a renamed
-    /// repo), as `huggingface_hub` does: its answer (or the redirect to the CDN) carries the
-    /// commit, the ETag and the size. `repo`, `revision` and `file` name the error cases.
+    /// HEAD on a hub resolve URL, following only redirects that stay on the hub's host (a
+    /// renamed repo), as `huggingface_hub` does: its answer (or the redirect to the CDN, which
+    /// is not followed, and never sees the token) carries the commit, the ETag and the size.
+    /// `repo`, `revision` and `file` name the error cases.
     pub fn hub_head(
         &self,
         url: &str,
@@ -122,10 +123,15 @@ impl Http {
             let headers = response.headers();
             if status.is_redirection()
                 && let Some(location) = header(headers, "location")
-                && location.starts_with('/')
             {
-                url = format!("{}{location}", origin_of(&url));
-                continue;
+                let target = match location.starts_with('/') {
+                    true => format!("{}{location}", origin_of(&url)),
+                    false => location,
+                };
+                if origin_of(&target).eq_ignore_ascii_case(origin_of(&url)) {
+                    url = target;
+                    continue;
+                }
             }
             if !(status.is_success() || status.is_redirection()) {
                 return Err(self.hub_error(status, headers, &url, endpoint, repo, revision, file));

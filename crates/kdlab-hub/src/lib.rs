@@ -13,7 +13,7 @@
 //!   from `HTTPS_PROXY`/`ALL_PROXY` (and `NO_PROXY`), and are checked against the hub's sha256
 //!   (an LFS file's `X-Linked-Etag`), a git file's sha1 or a short name's pinned sha256 before
 //!   they are renamed into place; a mismatch deletes the file.
-//! - `HF_HUB_OFFLINE=1` (or `Fetcher::offline`) never touches the network; `HF_ENDPOINT`
+//! - `HF_HUB_OFFLINE=1` (the CLI's `--offline` sets it) never touches the network; `HF_ENDPOINT`
 //!   points at another hub (a mirror; the tests' server) and `KDLAB_RELEASE_MIRROR` does the
 //!   same for the releases (`<mirror>/<host>/<path>` for `https://<host>/<path>`); the token is
 //!   `HF_TOKEN`, or the file `$HF_TOKEN_PATH`, or `$HF_HOME/token`.
@@ -166,7 +166,7 @@ impl Settings {
                     "1" | "ON" | "YES" | "TRUE"
                 )
             })
-            .then_some("HF_HUB_OFFLINE is set");
+            .then_some("HF_HUB_OFFLINE=1 or --offline");
         Self {
             hub_cache,
             release_cache,
@@ -201,14 +201,6 @@ impl Fetcher {
     /// The settings of this process's environment.
     pub fn from_env() -> Self {
         Self::new(Settings::from_env())
-    }
-
-    /// Never touches the network (`--offline`).
-    pub fn offline(mut self, offline: bool) -> Self {
-        if offline {
-            self.offline = Some("--offline");
-        }
-        self
     }
 
     pub fn is_offline(&self) -> bool {

@@ -57,12 +57,16 @@ struct State {
     drop_once: BTreeMap<String, usize>,
     /// Paths whose bytes are served with one byte changed.
     corrupt: Vec<String>,
+    /// Old repo name → new one (the hub redirects a renamed repo on its own host).
+    renamed: BTreeMap<String, String>,
     log: Vec<String>,
 }
 
-/// The server: it runs until the test process ends.
+/// The server: it runs until the test process ends. LFS files redirect to its CDN, another
+/// port (another origin, as the hub's CDN is another host).
 pub struct HubServer {
     pub url: String,
+    pub cdn_url: String,
     state: Arc<Mutex<State>>,
 }
 
@@ -84,21 +88,29 @@ fn hex(bytes: &[u8]) -> String {
 
 impl HubServer {
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("a port on 127.0.0.1");
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let bind = || TcpListener::bind("127.0.0.1:0").expect("a port on 127.0.0.1");
+        let (hub, cdn) = (bind(), bind());
+        let url = format!("http://{}", hub.local_addr().unwrap());
+        let cdn_url = format!("http://{}", cdn.local_addr().unwrap());
         let state = Arc::new(Mutex::new(State::default()));
-        let served = state.clone();
-        let base = url.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let state = served.clone();
-                let base = base.clone();
-                thread::spawn(move || {
-                    let _ = serve(stream, &state, &base);
-                });
-            }
-        });
-        Self { url, state }
+        for listener in [hub, cdn] {
+            let served = state.clone();
+            let cdn_url = cdn_url.clone();
+            thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let state = served.clone();
+                    let cdn_url = cdn_url.clone();
+                    thread::spawn(move || {
+                        let _ = serve(stream, &state, &cdn_url);
+                    });
+                }
+            });
+        }
+        Self {
+            url,
+            cdn_url,
+            state,
+        }
     }
 
     /// A public model repo at `commit` (its `main`).
@@ -127,6 +139,15 @@ impl HubServer {
                 files,
             },
         );
+    }
+
+    /// `old` answers with a redirect to `new`, as the hub answers for a renamed repo.
+    pub fn rename_repo(&self, old: &str, new: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .renamed
+            .insert(old.to_string(), new.to_string());
     }
 
     /// A file at a plain path (`/github.com/…`), as a release mirror serves it.
@@ -241,7 +262,7 @@ fn error(stream: &TcpStream, status: &str, code: &str, send_body: bool) -> std::
     )
 }
 
-fn serve(stream: TcpStream, state: &Mutex<State>, base: &str) -> std::io::Result<()> {
+fn serve(stream: TcpStream, state: &Mutex<State>, cdn_url: &str) -> std::io::Result<()> {
     let request = read_request(&stream)?;
     let send_body = request.method != "HEAD";
     {
@@ -255,6 +276,17 @@ fn serve(stream: TcpStream, state: &Mutex<State>, base: &str) -> std::io::Result
             .push(format!("{} {}{range}", request.method, request.path));
     }
     if let Some((repo, revision, file)) = parse_resolve(&request.path) {
+        let renamed = state.lock().unwrap().renamed.get(&repo).cloned();
+        if let Some(new) = renamed {
+            let location = format!("/{new}/resolve/{revision}/{file}");
+            return respond(
+                &stream,
+                "307 Temporary Redirect",
+                &[("Location", location)],
+                b"",
+                send_body,
+            );
+        }
         let found = state.lock().unwrap().repos.get(&repo).cloned();
         let Some(found) = found else {
             return error(&stream, "401 Unauthorized", "RepoNotFound", send_body);
@@ -280,7 +312,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>, base: &str) -> std::io::Result
                 &stream,
                 "302 Found",
                 &[
-                    ("Location", format!("{base}/cdn/{sha}")),
+                    ("Location", format!("{cdn_url}/cdn/{sha}")),
                     ("X-Repo-Commit", found.commit.clone()),
                     ("X-Linked-Etag", format!("\"{sha}\"")),
                     ("X-Linked-Size", file.bytes.len().to_string()),

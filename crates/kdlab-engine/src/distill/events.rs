@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::session::MetricsLine;
+use crate::session::fetch::Download;
 
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -17,6 +18,8 @@ pub enum Event {
         /// Data-parallel, where this process stands: `(node_rank, nodes, devices in all)`.
         parallel: Option<(usize, usize, usize)>,
     },
+    /// A weights name being downloaded before the run starts (or its file being verified).
+    Download(Download),
     /// Something the user should know before it costs them (bf16 on the CPU).
     Warning(String),
     /// A metrics line was written.

@@ -18,6 +18,7 @@ mod trainer;
 pub mod validation;
 pub mod window;
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +29,9 @@ pub use kd_step::{KdStep, kd_backward, student_backward};
 
 use crate::backend::Selected;
 use crate::config::{ConfigError, Devices, ParallelConfig, RunConfig};
+use crate::session::fetch::fetch_weights;
 use crate::session::{EngineError, ModelPlan, RunDir, Session, on_backend};
+use kdlab_hub::Fetcher;
 use parallel::World;
 use trainer::Trainer;
 
@@ -172,6 +175,15 @@ pub fn train(
     // The config's own rules first: opening files and listing folders for a broken config is
     // wasted work.
     config.validate()?;
+    // Weights given by name become files of the cache (downloaded on first use; Stop cancels),
+    // recorded in the config the run directory keeps.
+    fetch_weights(&mut config, &Fetcher::from_env(), &mut |download| {
+        on_event(Event::Download(download));
+        match request.control.stop_requested() {
+            true => ControlFlow::Break(()),
+            false => ControlFlow::Continue(()),
+        }
+    })?;
     let resumed_from = match &destination {
         Destination::Existing(run) => Some(run.last_checkpoint()),
         Destination::New { .. } => None,

@@ -7,7 +7,7 @@ use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use super::features::file_fingerprint;
-use crate::config::RunConfig;
+use crate::config::{FetchedWeights, RunConfig};
 use crate::data::Normalization;
 use crate::session::TeacherSource;
 use kdlab_model::model::{BlockSelection, Encoder};
@@ -81,8 +81,10 @@ impl ModelSpec {
             }
             Self::RunTeacher(config) => {
                 if let Some(path) = &config.teacher.weights {
+                    // The file the run fetched for a name (its config.ron records it).
+                    let file = FetchedWeights::file_for(config.teacher.fetched.as_ref(), path);
                     return Self::Weights {
-                        path: path.clone(),
+                        path: file.to_path_buf(),
                         depth: None,
                     }
                     .load(device);

@@ -1,11 +1,12 @@
 //! The engine's front door, shared by the CLI and the app: the backend work runs on, the models
-//! a run config describes, the run directory, and the guard that turns a backend failure (burn
+//! a run config describes (their weights fetched by name first: `fetch`), the run directory, and the guard that turns a backend failure (burn
 //! panics) into a typed error. Commands and panels call the same entries on top of this
 //! (`distill::train`, `eval::evaluate`, `inspect::inspect`, `bench::bench`), so a behaviour is
 //! written once.
 
 pub mod device_threads;
 pub mod error;
+pub mod fetch;
 pub mod models;
 pub mod run_dir;
 pub mod tensorboard;

@@ -9,9 +9,12 @@ use std::path::Path;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
-use crate::config::{ConfigError, NormalizationConfig, Precision, Problems, RunConfig};
+use crate::config::{
+    ConfigError, FetchedWeights, NormalizationConfig, Precision, Problems, RunConfig,
+};
 use crate::data::Normalization;
 pub use crate::data::views::{View, Views};
+use kdlab_hub::{Fetcher, WeightsName};
 use kdlab_model::model::Encoder;
 use kdlab_model::model::generator::{materialize, seeded};
 use kdlab_model::pair::{KdPair, Side, Student, Teacher, width_connector};
@@ -262,7 +265,7 @@ impl TeacherSource {
                 return None;
             }
             (Some(path), stated, stated_vit) => {
-                let checkpoint = open(path, "teacher.weights", found)?;
+                let checkpoint = open_weights(path, t.fetched.as_ref(), "teacher.weights", found)?;
                 let base = checkpoint.architecture.clone();
                 let stated = stated
                     .clone()
@@ -360,7 +363,7 @@ impl StudentSource {
                 Some(blocks),
             ),
             (None, Some(path)) => {
-                let checkpoint = open(path, "student.weights", found)?;
+                let checkpoint = open_weights(path, s.fetched.as_ref(), "student.weights", found)?;
                 let base = checkpoint.architecture.clone();
                 let stated = s
                     .architecture
@@ -460,6 +463,46 @@ impl StudentSource {
 }
 
 /// Opens a weights file, or records why it cannot be used under `field`.
+/// A weights field's file: the file its name was fetched to (`session::fetch`), a name found in
+/// the cache without a request, or the path it is.
+fn open_weights(
+    weights: &Path,
+    fetched: Option<&FetchedWeights>,
+    field: &str,
+    found: &mut Problems,
+) -> Option<Checkpoint> {
+    let file = FetchedWeights::file_for(fetched, weights);
+    if file != weights {
+        return open(file, field, found);
+    }
+    match WeightsName::of_path(weights) {
+        Ok(WeightsName::Path(path)) => open(&path, field, found),
+        Ok(name) => match Fetcher::from_env().cached(&name) {
+            Ok(Some(file)) => open(&file, field, found),
+            Ok(None) => {
+                found.push(
+                    field,
+                    format!(
+                        "`{}` is not in the cache yet: `kdlab fetch {}` downloads it (a run \
+                         fetches it itself)",
+                        weights.display(),
+                        weights.display()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                found.push(field, e.to_string());
+                None
+            }
+        },
+        Err(e) => {
+            found.push(field, e.to_string());
+            None
+        }
+    }
+}
+
 fn open(path: &Path, field: &str, found: &mut Problems) -> Option<Checkpoint> {
     if !path.exists() {
         found.push(field, format!("{} does not exist", path.display()));

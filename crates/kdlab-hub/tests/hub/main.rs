@@ -125,6 +125,18 @@ fn a_hub_name_lands_in_the_hubs_layout_and_is_then_used_without_a_request() {
         "a cached name asks nothing"
     );
 
+    // A renamed repo: the hub's redirect on its own host is followed (the CDN's is not: the
+    // metadata is on the hub's answer).
+    server.rename_repo("timm/vit_tiny_old_name", REPO);
+    let renamed = fetch(&fetcher, "hf:timm/vit_tiny_old_name", Freshness::UseCached).unwrap();
+    assert_eq!(renamed.sha256, sha);
+    let log_now = server.requests();
+    assert!(
+        log_now
+            .contains(&"HEAD /timm/vit_tiny_old_name/resolve/main/model.safetensors".to_string())
+    );
+    let log = log_now;
+
     // `kdlab fetch` asks the hub for the revision's commit and reads the blob again.
     let refreshed = fetch(&fetcher, &name, Freshness::Refresh).unwrap();
     assert_eq!(refreshed.how, How::Verified);

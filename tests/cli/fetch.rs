@@ -70,6 +70,13 @@ fn run(mut command: Command, args: &[&str]) -> Output {
     command.args(args).output().expect("kdlab runs")
 }
 
+/// `kdlab fetch NAME` against `server` that fails: its exit code and what it said.
+fn fetch_failing(server: &HubServer, home: &Path, name: &str) -> (Option<i32>, String) {
+    let out = run(kdlab_at(Some(server), home), &["fetch", name]);
+    assert!(!out.status.success(), "{name} fetched");
+    (out.status.code(), stderr(&out))
+}
+
 fn hub_snapshot(home: &Path) -> PathBuf {
     home.join("hf/hub/models--timm--vit_small_patch14_dinov2.lvd142m/snapshots")
         .join(COMMIT)
@@ -281,12 +288,8 @@ fn a_config_with_names_trains_and_its_run_records_the_files_and_their_sha256() {
 fn unknown_names_and_missing_repos_are_config_mistakes_with_the_closest_names() {
     let server = hub();
     let home = tempfile::tempdir().unwrap();
-    let out = run(
-        kdlab_at(Some(&server), home.path()),
-        &["fetch", "beitv2_base_patch16_224_pt1"],
-    );
-    assert_eq!(out.status.code(), Some(2));
-    let err = stderr(&out);
+    let (code, err) = fetch_failing(&server, home.path(), "beitv2_base_patch16_224_pt1");
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("did you mean `beitv2_base_patch16_224_pt1k`"),
         "{err}"
@@ -306,9 +309,9 @@ fn unknown_names_and_missing_repos_are_config_mistakes_with_the_closest_names() 
             "has no file `open_clip_model.safetensors`",
         ),
     ] {
-        let out = run(kdlab_at(Some(&server), home.path()), &["fetch", name]);
-        assert_eq!(out.status.code(), Some(2), "{name}: {}", stderr(&out));
-        assert!(stderr(&out).contains(needle), "{name}: {}", stderr(&out));
+        let (code, err) = fetch_failing(&server, home.path(), name);
+        assert_eq!(code, Some(2), "{name}: {err}");
+        assert!(err.contains(needle), "{name}: {err}");
     }
 
     // In a config: the field and the rule, before anything starts.
@@ -364,12 +367,8 @@ fn a_gated_repo_takes_the_token_from_hf_token_or_the_token_file() {
         ],
     );
     let home = tempfile::tempdir().unwrap();
-    let out = run(
-        kdlab_at(Some(&server), home.path()),
-        &["fetch", "vit_small_patch16_dinov3"],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
+    let (code, err) = fetch_failing(&server, home.path(), "vit_small_patch16_dinov3");
+    assert_eq!(code, Some(1));
     assert!(
         err.contains("`timm/vit_small_patch16_dinov3.lvd1689m` is gated"),
         "{err}"

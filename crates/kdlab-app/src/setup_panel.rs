@@ -720,7 +720,15 @@ fn optional_file_ui(
         *file = Some(picked);
     }
     ui.menu_button("Name…", |ui| {
-        ui.label("fetched into the cache when the run starts; or type hf:ORG/REPO[@REV][/FILE]");
+        ui.label("fetched into the cache when the run starts");
+        if ui
+            .button("hf:ORG/REPO[@REVISION][/FILE]")
+            .on_hover_text("type a file of any Hugging Face hub model repo into the field")
+            .clicked()
+        {
+            *file = Some(PathBuf::from("hf:"));
+            ui.close();
+        }
         ui.separator();
         for known in CATALOGUE {
             let hover = format!(

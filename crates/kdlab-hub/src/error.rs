@@ -62,7 +62,10 @@ pub enum FetchError {
         message: Option<String>,
     },
 
-    #[error("{url}: {problem} (after {attempts} attempts)")]
+    #[error(
+        "{url}: {problem} (after {attempts} attempts); check the connection and the proxy \
+         (HTTPS_PROXY), or work from the cache with --offline"
+    )]
     Network {
         url: String,
         attempts: u32,

@@ -163,10 +163,7 @@ fn parse_hub(text: &str, rest: &str) -> Result<HubFile, NameError> {
         check_repo_part(what, part).map_err(|rule| bad(&rule))?;
     }
     let (revision, file) = match after_repo.strip_prefix('@') {
-        Some(revision_and_file) => match revision_and_file.split_once('/') {
-            Some((revision, file)) => (revision, Some(file)),
-            None => (revision_and_file, None),
-        },
+        Some(revision_and_file) => split_revision(revision_and_file),
         None => (DEFAULT_REVISION, after_repo.strip_prefix('/')),
     };
     if revision.is_empty() {
@@ -195,6 +192,20 @@ fn parse_hub(text: &str, rest: &str) -> Result<HubFile, NameError> {
         revision: revision.to_string(),
         file: file.to_string(),
     })
+}
+
+/// `REVISION[/FILE]`: a revision ends at the first `/`, except the hub's own `refs/pr/N` and
+/// `refs/convert/NAME`, which hold two.
+fn split_revision(text: &str) -> (&str, Option<&str>) {
+    let slashes_in_revision =
+        match text.starts_with("refs/pr/") || text.starts_with("refs/convert/") {
+            true => 2,
+            false => 0,
+        };
+    match text.match_indices('/').nth(slashes_in_revision) {
+        Some((end, _)) => (&text[..end], Some(&text[end + 1..])),
+        None => (text, None),
+    }
 }
 
 /// The hub's rule for owner and repo names: letters, digits, `-`, `_`, `.`; no `--` or `..`;
@@ -248,6 +259,12 @@ mod tests {
         assert_eq!(pinned.revision, "v1.2");
         assert_eq!(pinned.file, "sub/pytorch_model.bin");
         assert_eq!(pinned.config_json().file, "sub/config.json");
+        let pr = hub("hf:org/repo@refs/pr/3/weights.safetensors");
+        assert_eq!(
+            (pr.revision.as_str(), pr.file.as_str()),
+            ("refs/pr/3", "weights.safetensors")
+        );
+        assert_eq!(hub("hf:org/repo@refs/pr/3").file, DEFAULT_FILE);
         let file_only = hub("hf:org/repo/weights.safetensors");
         assert_eq!(
             (file_only.revision.as_str(), file_only.file.as_str()),

@@ -74,7 +74,7 @@ pub fn fetch_weights(
             Err(Failure::Cancelled) => return Err(EngineError::Interrupted),
             Err(Failure::Fetch(error)) => {
                 return Err(EngineError::Failed(
-                    anyhow::Error::new(error).context(format!("{field} `{}`", weights.display())),
+                    anyhow::Error::new(error).context(field),
                 ));
             }
         }
@@ -161,8 +161,6 @@ pub fn fetch_weights_arg(
         }
         .into()),
         Err(Failure::Cancelled) => Err(EngineError::Interrupted),
-        Err(Failure::Fetch(error)) => Err(EngineError::Failed(
-            anyhow::Error::new(error).context(format!("`{}`", weights.display())),
-        )),
+        Err(Failure::Fetch(error)) => Err(EngineError::Failed(anyhow::Error::new(error))),
     }
 }

@@ -313,6 +313,27 @@ impl Default for TeacherConfig {
     }
 }
 
+/// A run's name names its folder under the runs folder (`<name>-<UTC time>`): one folder name,
+/// so that no name can leave it or reach another run's.
+pub fn check_run_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > 100 {
+        return Err(format!("is {} bytes long; at most 100", name.len()));
+    }
+    if name == "."
+        || name == ".."
+        || name.contains(['/', '\\', ':'])
+        || name.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "must be one folder name (no `/`, `\\`, `:`, control characters, `.` or `..`), is {name:?}"
+        ));
+    }
+    Ok(())
+}
+
 /// What a weights name resolved to when the run started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -810,6 +831,9 @@ impl RunConfig {
         }
         self.data.problems(&mut found);
         self.optim.problems(&mut found);
+        if let Err(rule) = check_run_name(&self.name) {
+            found.push("name", rule);
+        }
         found.in_range("log_every", self.log_every, limits::STEPS);
         if let Some(n) = self.val_every {
             found.in_range("val_every", n, limits::STEPS);

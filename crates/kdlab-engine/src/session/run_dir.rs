@@ -76,17 +76,34 @@ impl RunDir {
 
     /// `runs_dir/<name>-<UTC timestamp>/`, new, with the config it will train with.
     pub fn create(runs_dir: &Path, name: &str, config: &RunConfig) -> anyhow::Result<Self> {
-        let config_ron = config.to_ron()?;
-        let stamp = utc_timestamp();
-        let mut root = runs_dir.join(format!("{name}-{stamp}"));
-        let mut n = 1;
-        while root.exists() {
-            n += 1;
-            root = runs_dir.join(format!("{name}-{stamp}-{n}"));
+        if let Err(rule) = crate::config::check_run_name(name) {
+            anyhow::bail!("the run name `{name}` {rule}");
         }
+        let config_ron = config.to_ron()?;
+        std::fs::create_dir_all(runs_dir)
+            .with_context(|| format!("cannot create the runs folder {}", runs_dir.display()))?;
+        // The directory is claimed by creating it: two runs started in the same second (two
+        // processes, or two app windows) each get their own, never one between them.
+        let stamp = utc_timestamp();
+        let mut n = 1;
+        let root = loop {
+            let candidate = match n {
+                1 => runs_dir.join(format!("{name}-{stamp}")),
+                n => runs_dir.join(format!("{name}-{stamp}-{n}")),
+            };
+            match std::fs::create_dir(&candidate) {
+                Ok(()) => break candidate,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 10_000 => n += 1,
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("cannot create run directory {}", candidate.display())
+                    });
+                }
+            }
+        };
         let run = Self::at(root);
         let checkpoints = run.root.join(CHECKPOINTS);
-        std::fs::create_dir_all(&checkpoints)
+        std::fs::create_dir(&checkpoints)
             .with_context(|| format!("cannot create run directory {}", run.root.display()))?;
         std::fs::write(run.config_file(), config_ron)
             .with_context(|| format!("cannot write {}", run.config_file().display()))?;
@@ -157,6 +174,53 @@ impl RunDir {
                     .with_context(|| format!("{}:{}: not a metrics line", path.display(), i + 1))
             })
             .collect()
+    }
+
+    /// Cuts `metrics.jsonl` back to the lines of steps up to `step` (a resumed run's
+    /// checkpoint): the lines a run wrote after its last checkpoint (it was killed, or the disk
+    /// filled) and a line cut off halfway would otherwise stand beside the resumed run's own.
+    /// Cut in place (the file keeps its identity). Says what it removed, if anything.
+    pub fn cut_metrics_after(&self, step: usize) -> anyhow::Result<Option<String>> {
+        let path = self.metrics_file();
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let (mut keep, mut later, mut half) = (0usize, 0usize, false);
+        let mut offset = 0;
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            let complete = line.ends_with(b"\n");
+            let after = serde_json::from_slice::<MetricsLine>(line)
+                .map(|m| m.step > step)
+                .unwrap_or(false);
+            offset += line.len();
+            match (complete, after) {
+                (false, _) => half = true,
+                (true, true) => later += 1,
+                // A line at or before the checkpoint after one that is cut goes too: the file
+                // is cut back, never patched.
+                (true, false) if later == 0 => keep = offset,
+                (true, false) => later += 1,
+            }
+        }
+        if keep == bytes.len() {
+            return Ok(None);
+        }
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|file| file.set_len(keep as u64))
+            .with_context(|| format!("cannot cut {} back", path.display()))?;
+        let half = if half {
+            " and a line cut off halfway"
+        } else {
+            ""
+        };
+        Ok(Some(format!(
+            "{}: removed {later} line(s) written after the checkpoint of step {step}{half}",
+            path.display()
+        )))
     }
 
     pub fn log_file(&self) -> PathBuf {
@@ -427,6 +491,74 @@ mod tests {
             RunDir::of_checkpoint(Path::new("elsewhere/last.safetensors")),
             None
         );
+    }
+
+    #[test]
+    fn runs_started_at_once_get_a_directory_each() {
+        let runs = tempfile::tempdir().unwrap();
+        let config = RunConfig::default();
+        let roots: Vec<PathBuf> = std::thread::scope(|scope| {
+            let started: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| RunDir::create(runs.path(), "same", &config).unwrap()))
+                .collect();
+            started
+                .into_iter()
+                .map(|run| run.join().unwrap().root().to_path_buf())
+                .collect()
+        });
+        let mut unique = roots.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 8, "{roots:?}");
+        for root in &roots {
+            assert!(root.starts_with(runs.path()));
+            assert_eq!(RunDir::at(root).read_config().unwrap(), config);
+        }
+        let error = RunDir::create(runs.path(), "../outside", &config).unwrap_err();
+        assert!(error.to_string().contains("one folder name"), "{error}");
+        assert!(!runs.path().parent().unwrap().join("outside").exists());
+    }
+
+    #[test]
+    fn metrics_after_the_checkpoint_and_a_half_line_are_cut_on_resume() {
+        let runs = tempfile::tempdir().unwrap();
+        let run = RunDir::create(runs.path(), "t", &RunConfig::default()).unwrap();
+        let mut recorder = run.recorder().unwrap();
+        for step in [1, 2, 3, 4] {
+            let line = MetricsLine {
+                step,
+                loss: Some(1.0),
+                ..MetricsLine::default()
+            };
+            recorder.metrics(&line).unwrap();
+        }
+        drop(recorder);
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(run.metrics_file())
+            .unwrap();
+        file.write_all(br#"{"step": 5, "epo"#).unwrap();
+        let said = run
+            .cut_metrics_after(2)
+            .unwrap()
+            .expect("something was cut");
+        assert!(said.contains("removed 2 line(s)"), "{said}");
+        assert!(said.contains("step 2 and a line cut off halfway"), "{said}");
+        let steps: Vec<usize> = run.read_metrics().unwrap().iter().map(|m| m.step).collect();
+        assert_eq!(steps, [1, 2]);
+        assert_eq!(
+            run.cut_metrics_after(2).unwrap(),
+            None,
+            "nothing more to cut"
+        );
+        // The writer of the resumed run appends after the cut.
+        let line = MetricsLine {
+            step: 3,
+            ..MetricsLine::default()
+        };
+        run.recorder().unwrap().metrics(&line).unwrap();
+        let steps: Vec<usize> = run.read_metrics().unwrap().iter().map(|m| m.step).collect();
+        assert_eq!(steps, [1, 2, 3]);
     }
 
     #[test]

@@ -147,7 +147,12 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             config.precision.scales_loss(),
         );
         let state = if plan.resume {
-            restore(run, &mut optimizer, &mut out, device)?
+            let state = restore(run, &mut optimizer, &mut out, device)?;
+            if writes && let Some(cut) = run.cut_metrics_after(state.step)? {
+                out.log(&cut);
+                out.event(Event::Warning(cut));
+            }
+            state
         } else {
             TrainState::start()
         };

@@ -29,6 +29,27 @@ pub struct ExportArgs {
 
 pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let path = RunDir::checkpoint_in(&args.checkpoint);
+    let stem = args
+        .out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "student".into());
+    // What export writes, against the checkpoint and its run's own files.
+    let outputs = [
+        args.out.clone(),
+        args.out.with_file_name(format!("{stem}.config.json")),
+        args.out
+            .with_file_name(format!("{stem}.connector.safetensors")),
+    ];
+    let mut inputs = vec![path.clone()];
+    if let Some(run) = RunDir::of_checkpoint(&path) {
+        inputs.extend([
+            run.config_file(),
+            run.last_checkpoint(),
+            run.best_checkpoint(),
+        ]);
+    }
+    super::refuse_overwriting_inputs(&outputs, &inputs)?;
     let checkpoint = Checkpoint::open(&path)?;
     // Loading validates every key and shape before anything is written; on the CPU, guarded
     // like every other piece of work on tensors.
@@ -48,11 +69,6 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         });
         Ok((encoder_tensors(&encoder), connector))
     })?;
-    let stem = args
-        .out
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "student".into());
     match &checkpoint.architecture {
         Architecture::Vit(config) => {
             write_f32_tensors(&args.out, &tensors, None)?;

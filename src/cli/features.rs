@@ -66,7 +66,17 @@ fn parse_blocks(text: &str) -> Result<Blocks, String> {
 }
 
 pub fn run(args: FeaturesArgs, backend: BackendChoice) -> anyhow::Result<ExitCode> {
-    let checkpoint = Checkpoint::open(&super::weights_file(&args.weights)?)?;
+    let weights = super::weights_file(&args.weights)?;
+    // The weights, the config.json timm keeps beside them, the input: never the output.
+    let stem = weights.file_stem().unwrap_or_default().to_string_lossy();
+    let mut inputs = vec![
+        weights.clone(),
+        weights.with_file_name(format!("{stem}.config.json")),
+        weights.with_file_name("config.json"),
+    ];
+    inputs.extend(args.input.iter().chain(&args.image).cloned());
+    super::refuse_overwriting_inputs(std::slice::from_ref(&args.out), &inputs)?;
+    let checkpoint = Checkpoint::open(&weights)?;
     let architecture = &checkpoint.architecture;
     let image_size = architecture.image_size();
     let images = match (&args.input, &args.image) {

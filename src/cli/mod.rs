@@ -10,7 +10,7 @@ mod inspect;
 pub mod tensor_file;
 mod train;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -282,4 +282,27 @@ fn weights_file(weights: &Path) -> anyhow::Result<std::path::PathBuf> {
             std::ops::ControlFlow::Continue(())
         },
     )?)
+}
+
+/// Refuses outputs that are inputs of the same command (the same file through any path or
+/// link): writing one would destroy what the command reads, and what the user keeps.
+fn refuse_overwriting_inputs(outputs: &[PathBuf], inputs: &[PathBuf]) -> anyhow::Result<()> {
+    for output in outputs {
+        // An output that does not exist yet is no input.
+        let Ok(written) = output.canonicalize() else {
+            continue;
+        };
+        if let Some(input) = inputs
+            .iter()
+            .find(|input| input.canonicalize().is_ok_and(|read| read == written))
+        {
+            anyhow::bail!(
+                "{} is {}, an input of this command: writing it would destroy it; choose another \
+                 output file",
+                output.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
 }

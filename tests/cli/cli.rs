@@ -397,3 +397,47 @@ fn a_scalar_where_a_matrix_belongs_is_named() {
         &["scalar.safetensors", "blocks.0.mlp.fc1.weight", "scalar"],
     );
 }
+
+/// An output that is an input of the same command (by any path or link) is refused before
+/// anything is written: the input stays as it was.
+#[test]
+fn outputs_never_overwrite_the_commands_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("d2v2.pt");
+    std::fs::copy(fixture("d2v2_tiny_fairseq.pt"), &weights).unwrap();
+    let before = std::fs::read(&weights).unwrap();
+    let image = assets().join("horse.jpg");
+    #[cfg(unix)]
+    let through_a_link = {
+        let link = dir.path().join("link.safetensors");
+        std::os::unix::fs::symlink(&weights, &link).unwrap();
+        link
+    };
+    #[cfg(not(unix))]
+    let through_a_link = weights.clone();
+    for out in [&weights, &through_a_link] {
+        let out = kdlab_cpu(&[
+            "features",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_clean_failure(&out, &["an input of this command", "d2v2.pt"]);
+    }
+    let out = kdlab(&[
+        "export",
+        "--checkpoint",
+        weights.to_str().unwrap(),
+        "--out",
+        weights.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&out, &["an input of this command"]);
+    assert_eq!(
+        std::fs::read(&weights).unwrap(),
+        before,
+        "the input is untouched"
+    );
+}

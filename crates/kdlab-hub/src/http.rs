@@ -48,11 +48,15 @@ impl Expected {
     }
 }
 
-/// The HTTP client: one agent that follows redirects (downloads: the hub sends LFS files to a
-/// CDN) and one that does not (the metadata, read from the hub's own answer).
+/// The HTTP client: agents that follow redirects (downloads: the hub sends LFS files to a CDN)
+/// and that do not (the metadata, read from the hub's own answer); each through the proxy of
+/// the environment, and without it for this machine's own loopback (a mirror or a test hub on
+/// 127.0.0.1), which no proxy can reach.
 pub struct Http {
     follow: ureq::Agent,
     stay: ureq::Agent,
+    follow_direct: ureq::Agent,
+    stay_direct: ureq::Agent,
     token: Option<String>,
     pub retries: u32,
     pub first_backoff: Duration,
@@ -63,8 +67,9 @@ const CHUNK: usize = 1 << 20;
 
 impl Http {
     pub fn new(token: Option<String>) -> Self {
-        let agent = |redirects: u32| -> ureq::Agent {
+        let agent = |redirects: u32, proxy: Option<ureq::Proxy>| -> ureq::Agent {
             ureq::Agent::config_builder()
+                .proxy(proxy)
                 .http_status_as_error(false)
                 .max_redirects(redirects)
                 .max_redirects_will_error(false)
@@ -76,12 +81,25 @@ impl Http {
                 .build()
                 .into()
         };
+        let proxy = ureq::Proxy::try_from_env();
         Self {
-            follow: agent(10),
-            stay: agent(0),
+            follow: agent(10, proxy.clone()),
+            stay: agent(0, proxy),
+            follow_direct: agent(10, None),
+            stay_direct: agent(0, None),
             token,
             retries: 5,
             first_backoff: Duration::from_millis(500),
+        }
+    }
+
+    /// The agent for `url`: redirects followed or not; direct for loopback hosts.
+    fn agent(&self, url: &str, follow: bool) -> &ureq::Agent {
+        match (follow, is_loopback(url)) {
+            (true, false) => &self.follow,
+            (false, false) => &self.stay,
+            (true, true) => &self.follow_direct,
+            (false, true) => &self.stay_direct,
         }
     }
 
@@ -111,7 +129,7 @@ impl Http {
         for _ in 0..5 {
             let response = self.retrying(&url, |attempt_url| {
                 let mut request = self
-                    .stay
+                    .agent(attempt_url, false)
                     .head(attempt_url)
                     .header("Accept-Encoding", "identity");
                 if let Some(token) = &self.token {
@@ -280,7 +298,10 @@ impl Http {
         if expected.size.is_some_and(|size| have == size) {
             return Ok(());
         }
-        let mut request = self.follow.get(url).header("Accept-Encoding", "identity");
+        let mut request = self
+            .agent(url, true)
+            .get(url)
+            .header("Accept-Encoding", "identity");
         if have > 0 {
             request = request.header("Range", format!("bytes={have}-"));
         }
@@ -506,11 +527,49 @@ fn unquote(etag: &str) -> String {
     etag.trim_start_matches("W/").trim_matches('"').to_string()
 }
 
+/// Whether a URL's host is this machine's loopback (`127.x.x.x`, `[::1]`, `localhost`).
+fn is_loopback(url: &str) -> bool {
+    let origin = origin_of(url);
+    let host_and_port = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    let host = match host_and_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_and_port.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// `scheme://host[:port]` of a URL.
 fn origin_of(url: &str) -> &str {
     let after_scheme = url.find("://").map(|i| i + 3).unwrap_or(0);
     match url[after_scheme..].find('/') {
         Some(i) => &url[..after_scheme + i],
         None => url,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_go_direct() {
+        for url in [
+            "http://127.0.0.1:8080/a",
+            "http://localhost/x",
+            "http://[::1]:9/y",
+            "http://127.1.2.3",
+        ] {
+            assert!(is_loopback(url), "{url}");
+        }
+        for url in [
+            "https://huggingface.co/a",
+            "http://10.0.0.1:80/",
+            "https://cdn-lfs.hf.co",
+        ] {
+            assert!(!is_loopback(url), "{url}");
+        }
     }
 }

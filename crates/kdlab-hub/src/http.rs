@@ -126,6 +126,7 @@ impl Http {
         file: &str,
     ) -> Result<HubHead, FetchError> {
         let mut url = url.to_string();
+        let mut last_status = 0;
         for _ in 0..5 {
             let response = self.retrying(&url, |attempt_url| {
                 let mut request = self
@@ -138,6 +139,7 @@ impl Http {
                 request.call()
             })?;
             let status = response.status();
+            last_status = status.as_u16();
             let headers = response.headers();
             if status.is_redirection()
                 && let Some(location) = header(headers, "location")
@@ -175,8 +177,8 @@ impl Http {
         }
         Err(FetchError::Http {
             url,
-            status: 310,
-            message: Some("more than 5 redirects inside the hub".into()),
+            status: last_status,
+            message: Some("still a redirect after 5 of them inside the hub".into()),
         })
     }
 

@@ -301,7 +301,14 @@ impl Fetcher {
         watch: &mut Watch,
     ) -> Result<Fetched, FetchError> {
         let repo = &file.repo;
-        let source_at = |commit: &str| format!("hf:{repo}@{commit}/{}", file.file);
+        // The hub name pinned to the commit it resolved to.
+        let source_at = |commit: &str| {
+            HubFile {
+                revision: commit.to_string(),
+                ..file.clone()
+            }
+            .to_string()
+        };
         let cached = self.hub_cache.find(file);
         let use_cached = freshness == Freshness::UseCached || self.offline.is_some();
         match (cached, use_cached) {

@@ -66,7 +66,6 @@ struct State {
 /// port (another origin, as the hub's CDN is another host).
 pub struct HubServer {
     pub url: String,
-    pub cdn_url: String,
     state: Arc<Mutex<State>>,
 }
 
@@ -106,11 +105,7 @@ impl HubServer {
                 }
             });
         }
-        Self {
-            url,
-            cdn_url,
-            state,
-        }
+        Self { url, state }
     }
 
     /// A public model repo at `commit` (its `main`).

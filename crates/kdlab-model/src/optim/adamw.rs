@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use burn::module::{AutodiffModule, ModuleMapper, Param};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -80,6 +80,78 @@ impl<B: Backend> AdamW<B> {
             path: Vec::new(),
         };
         module.map(&mut mapper)
+    }
+}
+
+impl<B: Backend> AdamW<B> {
+    /// Checks moments read from a file against the module they will update: each names one of
+    /// its parameters, has that parameter's size, and holds finite values (the second moment
+    /// none below zero). A crafted or damaged checkpoint is refused by key, never run into an
+    /// index out of range or a NaN step.
+    pub fn check_state<AB: Backend, M: Module<AB>>(&self, module: &M) -> Result<(), String> {
+        let mut sizes = ParamSizes {
+            path: Vec::new(),
+            sizes: HashMap::new(),
+        };
+        module.visit(&mut sizes);
+        let mut keys: Vec<&String> = self.state.keys().collect();
+        keys.sort();
+        for key in keys {
+            let moments = &self.state[key];
+            let Some(&size) = sizes.sizes.get(key) else {
+                return Err(format!(
+                    "moments for '{key}', which the student has no parameter of"
+                ));
+            };
+            for (name, moment) in [
+                ("exp_avg", &moments.exp_avg),
+                ("exp_avg_sq", &moments.exp_avg_sq),
+            ] {
+                let found = moment.dims()[0];
+                if found != size {
+                    return Err(format!(
+                        "moment {name} of '{key}' has {found} values, the parameter {size}"
+                    ));
+                }
+                let values = moment
+                    .to_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .map_err(|e| format!("moment {name} of '{key}' cannot be read: {e:?}"))?;
+                if values.iter().any(|v| !v.is_finite()) {
+                    return Err(format!("moment {name} of '{key}' holds non-finite values"));
+                }
+                if name == "exp_avg_sq" && values.iter().any(|&v| v < 0.0) {
+                    return Err(format!(
+                        "moment exp_avg_sq of '{key}' holds values below zero (it is a mean of \
+                         squares)"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every float parameter's size, keyed as the moments are.
+struct ParamSizes {
+    path: Vec<(String, String)>,
+    sizes: HashMap<String, usize>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for ParamSizes {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path
+            .push((name.to_string(), container_type.to_string()));
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let size = param.lazy_shape().num_elements();
+        self.sizes.insert(torch_path(&self.path), size);
     }
 }
 

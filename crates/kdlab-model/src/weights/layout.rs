@@ -186,7 +186,12 @@ const TIMM_TABLE_0: &str = "blocks.0.attn.relative_position_bias_table";
 
 pub fn detect_layout(raw: &RawWeights) -> Option<Layout> {
     let has = |k: &str| raw.tensors.contains_key(k);
-    if raw.metadata.get(KDLAB_FORMAT_KEY).map(String::as_str) == Some(KDLAB_FORMAT) {
+    // Any of kdlab's metadata makes it a kdlab file (whose metadata must then be whole): a
+    // checkpoint that lost its `format` must not pass for the fairseq file its keys resemble.
+    let kdlab_metadata = raw.metadata.get(KDLAB_FORMAT_KEY).map(String::as_str)
+        == Some(KDLAB_FORMAT)
+        || raw.metadata.keys().any(|k| k.starts_with("kdlab."));
+    if kdlab_metadata {
         Some(Layout::Kdlab)
     } else if has(D2V2_PATCH) {
         Some(Layout::Data2Vec2Fairseq)
@@ -309,6 +314,15 @@ pub fn infer_architecture(
         }
         Layout::Data2Vec2Fairseq => infer_data2vec2(raw).map(Architecture::Data2Vec2),
         Layout::Kdlab => {
+            let format = raw.metadata.get(KDLAB_FORMAT_KEY);
+            if format.map(String::as_str) != Some(KDLAB_FORMAT) {
+                let found: Vec<&str> = raw.metadata.keys().map(String::as_str).collect();
+                return Err(format!(
+                    "the metadata has kdlab's keys {found:?} but '{KDLAB_FORMAT_KEY}' is {}, not \
+                     \"{KDLAB_FORMAT}\": a kdlab file needs both, and this one was altered",
+                    format.map_or("missing".to_string(), |f| format!("\"{f}\""))
+                ));
+            }
             let json = raw.metadata.get(KDLAB_ARCHITECTURE_KEY).ok_or_else(|| {
                 format!("a kdlab file needs '{KDLAB_ARCHITECTURE_KEY}' in its metadata")
             })?;
@@ -452,17 +466,28 @@ fn infer_data2vec2(raw: &RawWeights) -> Result<Data2Vec2Config, String> {
 /// Takes the head count and eps from `cfg.model`, checking the fields the shapes also tell.
 fn apply_fairseq_cfg(mut config: Data2Vec2Config, cfg: &Value) -> Result<Data2Vec2Config, String> {
     let field = |path: &[&str]| -> Option<&Value> { path.iter().try_fold(cfg, |v, k| v.get(k)) };
-    let int = |path: &[&str]| field(path).and_then(Value::as_u64).map(|v| v as usize);
+    // A field that is there must be a whole number (`4.0`, `"4"` are not read as 4).
+    let int = |path: &[&str]| -> Result<Option<usize>, String> {
+        match field(path) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_u64().map(|v| Some(v as usize)).ok_or_else(|| {
+                format!(
+                    "cfg.model.{} is {v}; a whole number was expected",
+                    path.join(".")
+                )
+            }),
+        }
+    };
     let checks = [
-        ("embed_dim", int(&["embed_dim"]), config.embed_dim),
+        ("embed_dim", int(&["embed_dim"])?, config.embed_dim),
         (
             "modalities.image.prenet_depth",
-            int(&["modalities", "image", "prenet_depth"]),
+            int(&["modalities", "image", "prenet_depth"])?,
             config.prenet_depth,
         ),
         (
             "modalities.image.patch_size",
-            int(&["modalities", "image", "patch_size"]),
+            int(&["modalities", "image", "patch_size"])?,
             config.patch_size,
         ),
     ];
@@ -476,9 +501,9 @@ fn apply_fairseq_cfg(mut config: Data2Vec2Config, cfg: &Value) -> Result<Data2Ve
         }
     }
     // `depth` is not checked: a student cut from the model (`blocks[:N]`) keeps the full cfg.
-    if let Some(heads) = int(&["num_heads"]) {
-        config.num_heads = heads;
-    }
+    // The weights' shapes cannot tell the head count: without it the file cannot be run.
+    config.num_heads = int(&["num_heads"])?
+        .ok_or("cfg.model.num_heads is missing: the head count cannot be told from the weights")?;
     if let Some(eps) = field(&["norm_eps"]).and_then(Value::as_f64) {
         config.norm_eps = eps;
     }

@@ -7,6 +7,7 @@ pub mod read;
 pub mod timm_vit;
 pub mod write;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -14,7 +15,7 @@ use std::rc::Rc;
 use burn::backend::Flex;
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
-use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter, TensorSnapshot};
+use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter, TensorSnapshot, TensorSnapshotError};
 
 use crate::model::generator::{materialize, unseeded};
 use crate::model::{BeitV2, BlockSelection, Data2Vec2, Encoder, Vit};
@@ -349,10 +350,12 @@ impl Checkpoint {
             )));
         };
         let read = |snapshot: &TensorSnapshot| {
-            snapshot
-                .to_data()
-                .map(|d| d.convert_dtype(DType::F32))
-                .map_err(|e| self.invalid(&format!("cannot read the connector: {e:?}")))
+            snapshot.to_data().map_err(|e| match e {
+                TensorSnapshotError::DataError(m) | TensorSnapshotError::IoError(m) => {
+                    self.invalid(&m)
+                }
+                other => self.invalid(&format!("cannot read the connector: {other}")),
+            })
         };
         let weight = burn::tensor::Tensor::<B, 2>::from_data(read(weight)?, device);
         let bias = burn::tensor::Tensor::<B, 1>::from_data(read(bias)?, device);
@@ -387,12 +390,25 @@ impl Checkpoint {
                 keys: plan.missing_keys,
             });
         }
+        if let Some((key, why)) = plan
+            .used
+            .keys()
+            .find_map(|key| self.raw.refused.get_key_value(key))
+        {
+            return Err(self.invalid(&format!("key '{key}' {why}")));
+        }
+        // The reader's own message (key, what is wrong), kept aside: burn-store reports a data
+        // error through its Debug form.
+        let first_data_error = Rc::new(RefCell::new(None));
         let snapshots = plan
             .used
             .iter()
-            .map(|(key, path)| as_f32_at(&self.raw.tensors[key], path))
+            .map(|(key, path)| as_f32_at(&self.raw.tensors[key], path, &first_data_error))
             .collect();
         let result = module.apply(snapshots, None, Some(Box::new(PyTorchToBurnAdapter)), true);
+        if let Some(message) = first_data_error.borrow_mut().take() {
+            return Err(self.invalid(&message));
+        }
         if let Some(error) = result.errors.first() {
             return Err(self.invalid(&format!("cannot load a tensor: {error}")));
         }
@@ -411,11 +427,29 @@ impl Checkpoint {
     }
 }
 
-/// The snapshot renamed to a kdlab path, its data converted to f32 (files may hold f16/bf16).
-fn as_f32_at(snapshot: &TensorSnapshot, path: &str) -> TensorSnapshot {
+/// The snapshot renamed to a kdlab path, its data converted to f32 (files may hold f16/bf16);
+/// the first error reading data is also kept in `first_error`.
+fn as_f32_at(
+    snapshot: &TensorSnapshot,
+    path: &str,
+    first_error: &Rc<RefCell<Option<String>>>,
+) -> TensorSnapshot {
     let data_fn = snapshot.clone_data_fn();
+    let first_error = Rc::clone(first_error);
     read::snapshot(
-        Rc::new(move || Ok(data_fn()?.convert_dtype(DType::F32))),
+        Rc::new(move || match data_fn() {
+            Ok(data) => Ok(data.convert_dtype(DType::F32)),
+            Err(e) => {
+                let message = match &e {
+                    TensorSnapshotError::DataError(m) | TensorSnapshotError::IoError(m) => {
+                        m.clone()
+                    }
+                    other => other.to_string(),
+                };
+                first_error.borrow_mut().get_or_insert(message);
+                Err(e)
+            }
+        }),
         DType::F32,
         snapshot.shape.to_vec(),
         path,

@@ -47,7 +47,7 @@ impl TimmConfig {
             if !path.is_file() {
                 continue;
             }
-            let text = std::fs::read_to_string(&path)
+            let text = kdlab_weightfile::read_regular_to_string(&path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             let json: Value = serde_json::from_str(&text)
                 .map_err(|e| format!("{} is not valid JSON: {e}", path.display()))?;

@@ -2,6 +2,7 @@
 //! timm, fairseq) on the CPU and WGPU, and every checkpoint layout's keys against the real
 //! checkpoints' manifests.
 
+mod hostile;
 mod manifests;
 mod parity;
 mod vits;

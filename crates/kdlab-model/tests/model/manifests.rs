@@ -46,6 +46,7 @@ fn checkpoint(
     });
     let raw = RawWeights {
         tensors,
+        refused: Default::default(),
         fairseq_cfg,
         metadata: Default::default(),
         format,
@@ -202,4 +203,74 @@ fn student_manifest_matches_the_depth6_student() {
     let plan = ckpt.plan();
     assert_eq!(plan.parameters, 57_446_400);
     assert!(plan.missing_keys.is_empty() && plan.ignored_keys.is_empty());
+}
+
+/// The released data2vec 2.0 keys with a `cfg.model` edited by `edit`.
+fn fairseq_with_cfg(edit: impl FnOnce(&mut serde_json::Value)) -> Result<Checkpoint, String> {
+    let text = std::fs::read_to_string(fixture("keys/d2v2_base_imagenet.cfg_model.json")).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
+    edit(&mut cfg);
+    let raw = RawWeights {
+        tensors: manifest("d2v2_base_imagenet.keys.tsv", ""),
+        refused: Default::default(),
+        fairseq_cfg: Some(cfg),
+        metadata: Default::default(),
+        format: FileFormat::Pytorch,
+    };
+    Checkpoint::from_raw(std::path::Path::new("d2v2.pt"), raw).map_err(|e| e.to_string())
+}
+
+/// The head count is the one thing the shapes cannot tell: read as a whole number or refused,
+/// never guessed.
+#[test]
+fn fairseq_head_count_is_read_strictly() {
+    assert!(fairseq_with_cfg(|_| ()).is_ok());
+    let cases: [(fn(&mut serde_json::Value), &str); 4] = [
+        (
+            |c| c["num_heads"] = serde_json::json!(12.0),
+            "cfg.model.num_heads is 12.0; a whole number was expected",
+        ),
+        (
+            |c| c["num_heads"] = serde_json::json!("12"),
+            "cfg.model.num_heads is \"12\"; a whole number was expected",
+        ),
+        (
+            |c| {
+                c.as_object_mut().unwrap().remove("num_heads");
+            },
+            "cfg.model.num_heads is missing: the head count cannot be told from the weights",
+        ),
+        (
+            |c| c["embed_dim"] = serde_json::json!("768"),
+            "cfg.model.embed_dim is \"768\"; a whole number was expected",
+        ),
+    ];
+    for (edit, expected) in cases {
+        let error = fairseq_with_cfg(edit).err().unwrap();
+        assert!(error.ends_with(expected), "{error}");
+    }
+}
+
+/// A kdlab checkpoint that lost its `format` must not pass for the fairseq file its keys
+/// resemble (whose head count would then come from elsewhere).
+#[test]
+fn kdlab_metadata_without_its_format_is_refused() {
+    let raw = RawWeights {
+        tensors: manifest("d2v2_base_imagenet.student_depth6.keys.tsv", ""),
+        refused: Default::default(),
+        fairseq_cfg: None,
+        metadata: BTreeMap::from([("kdlab.train_state".to_string(), "{}".to_string())]),
+        format: FileFormat::Safetensors,
+    };
+    let error = Checkpoint::from_raw(std::path::Path::new("last.safetensors"), raw)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains(
+            "the metadata has kdlab's keys [\"kdlab.train_state\"] but 'format' is missing, not \
+             \"kdlab\""
+        ),
+        "{error}"
+    );
 }

@@ -225,7 +225,8 @@ fn fairseq_with_cfg(edit: impl FnOnce(&mut serde_json::Value)) -> Result<Checkpo
 #[test]
 fn fairseq_head_count_is_read_strictly() {
     assert!(fairseq_with_cfg(|_| ()).is_ok());
-    let cases: [(fn(&mut serde_json::Value), &str); 4] = [
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(Edit, &str); 4] = [
         (
             |c| c["num_heads"] = serde_json::json!(12.0),
             "cfg.model.num_heads is 12.0; a whole number was expected",

@@ -4,8 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::bail;
-
 use super::Progress;
 use kdlab_engine::backend::BackendChoice;
 use kdlab_engine::eval::report::{json_summary, table};
@@ -107,7 +105,10 @@ impl EvalArgs {
         linear.weight_decay = self.weight_decay.unwrap_or(linear.weight_decay);
         config.validate().map_err(|e| set.mark(e))?;
         if config.train.is_none() {
-            bail!("no training images: give --train (or train: in the eval config)");
+            return Err(super::Usage(
+                "no training images: give --train (or train: in the eval config)".into(),
+            )
+            .into());
         }
         Ok(config)
     }
@@ -167,10 +168,14 @@ impl EvalArgs {
             (Some(None), Some(checkpoint)) => {
                 models.push(ModelSpec::teacher_of_run(checkpoint, None)?)
             }
-            (Some(None), None) => bail!(
-                "--teacher without a file takes the teacher from the run's config.ron, which \
-                 needs --checkpoint in a run directory; otherwise name it: --teacher WEIGHTS"
-            ),
+            (Some(None), None) => {
+                return Err(super::Usage(
+                    "--teacher without a file takes the teacher from the run's config.ron, which \
+                     needs --checkpoint in a run directory; otherwise name it: --teacher WEIGHTS"
+                        .into(),
+                )
+                .into());
+            }
         }
         Ok(models)
     }

@@ -92,11 +92,14 @@ pub fn run(args: FeaturesArgs, backend: BackendChoice) -> anyhow::Result<ExitCod
             let pixels = validation_transform_with(&rgb, image_size as u32, norm);
             TensorData::new(pixels, [1, 3, image_size, image_size])
         }
-        (None, None) => bail!("give --input IN.safetensors or --image IMG"),
+        (None, None) => {
+            return Err(super::Usage("give --input IN.safetensors or --image IMG".into()).into());
+        }
     };
     let patch = architecture.patch_size();
     match images.shape.as_slice() {
-        &[_, 3, h, w] if h == w && architecture.runs_at_any_size() && h % patch == 0 => {}
+        &[0, ..] => bail!("the input holds no images (a batch of 0)"),
+        &[_, 3, h, w] if h == w && h > 0 && architecture.runs_at_any_size() && h % patch == 0 => {}
         &[_, 3, h, w] if h == image_size && w == image_size => {}
         other if architecture.runs_at_any_size() => bail!(
             "the images are {other:?}, but {} takes [B, 3, S, S] with S a multiple of its patch \

@@ -22,8 +22,8 @@ use serde::de::DeserializeOwned;
 use kdlab_engine::backend::BackendChoice;
 use kdlab_engine::config::{ConfigError, RunConfig};
 use kdlab_engine::overrides::{ConfigOverride, apply_overrides, mark_overridden};
-use kdlab_engine::session::Session;
 use kdlab_engine::session::fetch::{Download, fetch_weights, fetch_weights_arg};
+use kdlab_engine::session::{EngineError, Interrupted, Session};
 use kdlab_hub::Fetcher;
 
 /// Distil a BEiT v2 teacher into a data2vec 2.0 student on burn, and see per patch where the
@@ -73,6 +73,37 @@ pub enum Command {
     /// Download models by name into the caches (the Hugging Face hub's, shared with Python;
     /// kdlab's for files outside the hub), resuming and verifying; --list shows the names.
     Fetch(fetch::FetchArgs),
+}
+
+/// A mistake in how a command was called (a required option left out): exit 2, as clap's own.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// The exit code of a failed command (SPEC): 2 for a usage or config mistake, 130 for a stop
+/// asked for (Ctrl-C, SIGTERM), 1 for anything else.
+pub fn exit_code(error: &anyhow::Error) -> ExitCode {
+    for cause in error.chain() {
+        if cause.is::<ConfigError>() || cause.is::<Usage>() {
+            return ExitCode::from(2);
+        }
+        if cause.is::<Interrupted>() {
+            return ExitCode::from(130);
+        }
+        match cause.downcast_ref::<EngineError>() {
+            Some(EngineError::Config(_)) => return ExitCode::from(2),
+            Some(EngineError::Interrupted) => return ExitCode::from(130),
+            _ => {}
+        }
+    }
+    ExitCode::FAILURE
 }
 
 pub fn run() -> anyhow::Result<ExitCode> {

@@ -7,7 +7,8 @@ use burn::tensor::{DType, TensorData};
 
 /// Reads the tensor `name` as f32, whatever float type the file stores.
 pub fn read_f32(path: &Path, name: &str) -> anyhow::Result<TensorData> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = kdlab_weightfile::read_regular(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let file = safetensors::SafeTensors::deserialize(&bytes)
         .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
     let view = file.tensor(name).with_context(|| {
@@ -27,8 +28,20 @@ pub fn read_f32(path: &Path, name: &str) -> anyhow::Result<TensorData> {
             path.display()
         ),
     };
-    Ok(
-        TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), dtype)
-            .convert_dtype(DType::F32),
-    )
+    let data = TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), dtype)
+        .convert_dtype(DType::F32);
+    // NaN or infinite pixels make every feature NaN: refused by name, not computed with.
+    let values = data
+        .as_slice::<f32>()
+        .map_err(|e| anyhow::anyhow!("{}: tensor '{name}': {e:?}", path.display()))?;
+    let mut bad = values.iter().enumerate().filter(|(_, v)| !v.is_finite());
+    if let Some((first, value)) = bad.next() {
+        bail!(
+            "{}: tensor '{name}' holds {} non-finite value(s) (the first, {value}, at element \
+             {first}); the inputs must be finite",
+            path.display(),
+            1 + bad.count()
+        );
+    }
+    Ok(data)
 }

@@ -3,8 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
-
 use super::{Downloads, Progress};
 use kdlab_engine::backend::BackendChoice;
 use kdlab_engine::config::{Devices, RunConfig};
@@ -96,7 +94,9 @@ pub fn run(args: TrainArgs, backend: BackendChoice) -> anyhow::Result<ExitCode> 
         (None, Some(_)) => RunStart::Fresh {
             runs_dir: args.runs_dir.clone(),
         },
-        (None, None) => bail!("give --config C.ron, or --resume RUN_DIR"),
+        (None, None) => {
+            return Err(super::Usage("give --config C.ron, or --resume RUN_DIR".into()).into());
+        }
     };
     // Read before the backend is chosen: a broken config is reported as what it is.
     let config = config(&args)?;
@@ -119,9 +119,14 @@ pub fn run(args: TrainArgs, backend: BackendChoice) -> anyhow::Result<ExitCode> 
         show(&progress, &mut downloads, event)
     })?;
     drop(progress);
+    // Interrupted (Ctrl-C, SIGTERM) is 130, its checkpoint written.
+    let code = match finished.outcome {
+        Outcome::Interrupted => ExitCode::from(130),
+        Outcome::Completed | Outcome::ReachedMaxSteps => ExitCode::SUCCESS,
+    };
     if let Some((rank, nodes)) = finished.node.filter(|&(rank, _)| rank > 0) {
         eprintln!("kdlab: node {rank} of {nodes} done; node 0 wrote the run");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     let message = match finished.outcome {
         Outcome::Completed => "finished",
@@ -132,7 +137,7 @@ pub fn run(args: TrainArgs, backend: BackendChoice) -> anyhow::Result<ExitCode> 
         "kdlab: {message}; checkpoint {}",
         finished.run.last_checkpoint().display()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 /// The progress bar and the lines above it.

@@ -321,6 +321,86 @@ fn input_of_the_wrong_size_is_refused() {
     assert_clean_failure(&out, &["[1, 3, 32, 32]", "[B, 3, 64, 64]"]);
 }
 
+/// Inputs no model can be run on: refused by name with exit 1, before any backend work.
+#[test]
+fn empty_and_non_finite_inputs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |shape: Vec<usize>, values: Vec<f32>| {
+        let input = dir.path().join("in.safetensors");
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        write_safetensors(
+            &input,
+            &[("image".into(), shape, bytes, safetensors::Dtype::F32)],
+            None,
+        );
+        kdlab(&[
+            "features",
+            "--backend",
+            "cpu",
+            "--weights",
+            fixture("beitv2_tiny_unilm.pth").to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            dir.path().join("o.safetensors").to_str().unwrap(),
+        ])
+    };
+    let out = run(vec![0, 3, 64, 64], vec![]);
+    assert_clean_failure(&out, &["the input holds no images (a batch of 0)"]);
+    assert_eq!(out.status.code(), Some(1));
+    let mut pixels = vec![0.0; 3 * 64 * 64];
+    pixels[5] = f32::NAN;
+    let out = run(vec![1, 3, 64, 64], pixels);
+    assert_clean_failure(
+        &out,
+        &["tensor 'image' holds 1 non-finite value(s) (the first, NaN, at element 5)"],
+    );
+}
+
+/// A FIFO given as weights or as an image is refused at once (opening it would wait for a
+/// writer forever); a usage mistake exits 2.
+#[cfg(unix)]
+#[test]
+fn fifos_are_refused_and_usage_mistakes_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let out_path = dir.path().join("o.safetensors");
+    let out = kdlab(&[
+        "features",
+        "--weights",
+        fifo.to_str().unwrap(),
+        "--image",
+        fixture("images/cmyk_64x64.jpg").to_str().unwrap(),
+        "--out",
+        out_path.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&out, &["is not a regular file but a FIFO (named pipe)"]);
+    let out = kdlab(&[
+        "features",
+        "--backend",
+        "cpu",
+        "--weights",
+        fixture("beitv2_tiny_unilm.pth").to_str().unwrap(),
+        "--image",
+        fifo.to_str().unwrap(),
+        "--out",
+        out_path.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&out, &["is not a regular file but a FIFO (named pipe)"]);
+    let out = kdlab(&["features", "--weights", fifo.to_str().unwrap()]);
+    assert_clean_failure(&out, &["--out"]);
+    assert_eq!(out.status.code(), Some(2));
+    let weights = fixture("d2v2_tiny_fairseq.pt");
+    let out = kdlab(&["eval", "knn", "--weights", weights.to_str().unwrap()]);
+    assert_clean_failure(&out, &["no training images: give --train"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
 #[test]
 fn a_depth_beyond_the_models_blocks_is_refused() {
     let dir = tempfile::tempdir().unwrap();

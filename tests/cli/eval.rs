@@ -221,6 +221,23 @@ fn cifar10_binary_release_evaluates_with_json_output_and_a_cache() {
     );
     let lines = std::fs::read_to_string(out_dir.join("eval/results.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 2);
+
+    // The same file names with other contents (a pixel of the test batch rewritten, the size
+    // unchanged, the time another): the cache does not serve the old features.
+    let test_batch = release.join("test_batch.bin");
+    let mut bytes = std::fs::read(&test_batch).unwrap();
+    bytes[1] ^= 0xff;
+    std::fs::write(&test_batch, &bytes).unwrap();
+    let file = std::fs::File::options()
+        .append(true)
+        .open(&test_batch)
+        .unwrap();
+    let day_one = std::time::UNIX_EPOCH + std::time::Duration::from_secs(86_400);
+    file.set_modified(day_one).unwrap();
+    let third = kdlab(&args);
+    assert!(third.status.success(), "{}", stderr(&third));
+    let json3: serde_json::Value = serde_json::from_slice(&third.stdout).unwrap();
+    assert_eq!(json3["features_cached"], false, "{}", stderr(&third));
 }
 
 #[test]

@@ -96,7 +96,11 @@ fn a_bad_override_stops_train_before_anything_starts() {
     ] {
         let out = train_demo(&runs, &["--set", setting]);
         let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(1), "{setting}: {err}");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "a config error: {setting}: {err}"
+        );
         assert!(err.contains(message), "{setting}: {err}");
         assert!(!runs.exists(), "{setting}: no run directory");
     }

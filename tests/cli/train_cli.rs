@@ -104,16 +104,109 @@ fn bad_files_are_skipped_and_reported() {
     std::fs::write(data.join("empty.jpg"), b"").unwrap();
     std::fs::write(data.join("notes.txt"), "not an image").unwrap();
     std::fs::write(data.join("random.png"), [7u8; 300]).unwrap();
+    #[cfg(unix)]
+    {
+        // Entries the folder's listing leaves out: said too, with why.
+        std::os::unix::fs::symlink(data.join("gone.jpg"), data.join("dangling.jpg")).unwrap();
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(data.join("pipe.jpg"))
+            .status();
+        assert!(fifo.unwrap().success());
+    }
     let config = tiny_config(dir.path(), &data, "");
     // The whole run (4 epochs of 6 steps) meets every file, in training or validation.
     let out = train(&config, &dir.path().join("runs"), &[]);
     let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
     for bad in ["empty.jpg", "notes.txt", "random.png"] {
         assert!(err.contains(bad), "{bad} not reported: {err}");
+    }
+    #[cfg(unix)]
+    for (bad, why) in [
+        ("dangling.jpg", "a link that leads nowhere"),
+        ("pipe.jpg", "not a regular file"),
+    ] {
+        assert!(
+            err.contains(bad) && err.contains(why),
+            "{bad} not reported: {err}"
+        );
     }
     let log =
         std::fs::read_to_string(run_dirs(&dir.path().join("runs"))[0].join("log.txt")).unwrap();
     assert!(log.contains("skipped"), "{log}");
+}
+
+/// A folder whose every file is unreadable trains nothing: a failure (exit 1) that says so, in
+/// the run's log too, never a "finished" run.
+#[test]
+fn a_run_that_trains_no_step_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..48 {
+        std::fs::write(data.join(format!("{i:02}.jpg")), b"not a picture").unwrap();
+    }
+    let config = tiny_config(dir.path(), &data, "");
+    let runs = dir.path().join("runs");
+    // Without validation images (which would fail first: none is readable).
+    let out = train_command(&config, &runs)
+        .args(["--set", "data.val_fraction=0.0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the run took no training step from step 0"),
+        "{err}"
+    );
+    assert!(!err.contains("finished"), "{err}");
+    let log = std::fs::read_to_string(run_dirs(&runs)[0].join("log.txt")).unwrap();
+    assert!(
+        log.contains("error: the run took no training step"),
+        "{log}"
+    );
+}
+
+/// A checkpoint whose training state cannot be (altered, or damaged) is refused on resume with
+/// the field and the rule, exit 1, and the run is left as it was.
+#[test]
+fn a_tampered_training_state_is_refused_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), &assets(), "");
+    let runs = dir.path().join("runs");
+    let out = train(&config, &runs, &["--max-steps", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = run_dirs(&runs)[0].clone();
+    let last = run.join("checkpoints/last.safetensors");
+    let bytes = std::fs::read(&last).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut metadata = header.metadata().clone().unwrap();
+    let state = metadata.get_mut("kdlab.train_state").unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(state).unwrap();
+    json["step"] = serde_json::json!(u64::MAX);
+    *state = json.to_string();
+    write_safetensors(&last, &raw_tensors(&last), Some(metadata));
+    let tampered = std::fs::read(&last).unwrap();
+    let out = kdlab_cpu(&["train", "--resume", run.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot be resumed: kdlab.train_state.step is 18446744073709551615: the run's schedule has"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("compute backend"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&last).unwrap(),
+        tampered,
+        "the checkpoint is untouched"
+    );
 }
 
 #[test]
@@ -151,8 +244,19 @@ fn invalid_config_names_file_line_and_field() {
     );
 }
 
+/// SIGINT (Ctrl-C) and SIGTERM (a scheduler's stop) alike: the checkpoint is written, the exit
+/// code is 130.
 #[test]
 fn ctrl_c_saves_a_loadable_checkpoint() {
+    interrupt_saves_a_loadable_checkpoint("-INT");
+}
+
+#[test]
+fn sigterm_saves_a_loadable_checkpoint() {
+    interrupt_saves_a_loadable_checkpoint("-TERM");
+}
+
+fn interrupt_saves_a_loadable_checkpoint(signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config(dir.path(), &assets(), "");
     let text = std::fs::read_to_string(&config)
@@ -184,12 +288,16 @@ fn ctrl_c_saves_a_loadable_checkpoint() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "clean exit: {err}");
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{signal}: checkpoint written: {err}"
+    );
     assert!(err.contains("interrupted"), "{err}");
     let last = run_dirs(&runs)[0].join("checkpoints/last.safetensors");
     let checkpoint = kdlab_model::weights::Checkpoint::open(&last).unwrap();

@@ -703,10 +703,11 @@ pub fn load_ron_edited<T: serde::de::DeserializeOwned>(
     edit: impl FnOnce(T) -> Result<T, ConfigError>,
     finish: impl FnOnce(&mut T, &Path) -> Vec<ConfigProblem>,
 ) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text =
+        kdlab_weightfile::read_regular_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let config: T = ron::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_path_buf(),
         line: e.span.start.line,

@@ -45,8 +45,9 @@ pub fn decode_rgb(path: &Path, limits: DecodeLimits) -> Result<RgbImage, DecodeE
         path: path.to_path_buf(),
         message,
     };
-    let mut reader = ImageReader::open(path)
-        .map_err(|e| error(e.to_string()))?
+    // A FIFO or device would block or never end: refused like any file that is no image.
+    let file = kdlab_weightfile::open_regular(path).map_err(|e| error(e.to_string()))?;
+    let mut reader = ImageReader::new(std::io::BufReader::new(file))
         .with_guessed_format()
         .map_err(|e| error(e.to_string()))?;
     let mut decoder_limits = image::Limits::default();

@@ -72,6 +72,92 @@ impl TrainState {
     }
 }
 
+/// What a run's plan allows the training state of its checkpoint to be.
+#[derive(Debug, Clone, Copy)]
+pub struct StateBounds {
+    /// Optimiser steps of the whole schedule.
+    pub total_steps: usize,
+    pub epochs: usize,
+    /// Micro-batches an epoch can have (one device taking them all).
+    pub batches_per_epoch: usize,
+}
+
+impl TrainState {
+    /// Checks a state read from a checkpoint against the run it resumes and against itself: a
+    /// crafted or damaged file is refused with the field, never believed (a step past the
+    /// schedule, an epoch that cannot be, a per-parameter step count above the run's).
+    pub fn check(&self, bounds: &StateBounds) -> Result<(), String> {
+        let field = |name: &str, value: String, rule: String| {
+            Err(format!("{TRAIN_STATE_KEY}.{name} is {value}: {rule}"))
+        };
+        if self.step > bounds.total_steps {
+            return field(
+                "step",
+                self.step.to_string(),
+                format!("the run's schedule has {} steps", bounds.total_steps),
+            );
+        }
+        if self.epoch > bounds.epochs {
+            return field(
+                "epoch",
+                self.epoch.to_string(),
+                format!("the run has {} epochs", bounds.epochs),
+            );
+        }
+        if self.batch_in_epoch > bounds.batches_per_epoch {
+            return field(
+                "batch_in_epoch",
+                self.batch_in_epoch.to_string(),
+                format!("an epoch has at most {} batches", bounds.batches_per_epoch),
+            );
+        }
+        if let Some(loss) = self.best_val_loss
+            && !(loss.is_finite() && loss >= 0.0)
+        {
+            return field(
+                "best_val_loss",
+                format!("{loss:?}"),
+                "a mean squared error is finite and not below zero".into(),
+            );
+        }
+        if let Some((key, steps)) = self
+            .optim_steps
+            .iter()
+            .find(|(_, steps)| **steps > self.step as u64)
+        {
+            return field(
+                &format!("optim_steps['{key}']"),
+                steps.to_string(),
+                format!("more updates than the run's {} steps", self.step),
+            );
+        }
+        let windows = [
+            ("loss_window.sum", vec![self.loss_window.sum]),
+            ("spread_window.sums", self.spread_window.sums.clone()),
+            ("grad_norm_window.sums", self.grad_norm_window.sums.clone()),
+        ];
+        for (name, sums) in windows {
+            if let Some(bad) = sums.iter().find(|v| !v.is_finite()) {
+                return field(
+                    name,
+                    bad.to_string(),
+                    "a sum of finite metrics is finite".into(),
+                );
+            }
+        }
+        if let Some(scaler) = &self.grad_scaler
+            && !(scaler.scale.is_finite() && scaler.scale > 0.0)
+        {
+            return field(
+                "grad_scaler.scale",
+                format!("{:?}", scaler.scale),
+                "a loss scale is finite and above zero".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The sum (an f32, as the device summed it) and count of the losses since the last line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LossWindowState {
@@ -206,7 +292,7 @@ pub fn load_training_state<B: Backend>(
     path: &Path,
     device: &B::Device,
 ) -> anyhow::Result<(TrainState, HashMap<String, Moments<B>>)> {
-    let bytes = std::fs::read(path)
+    let bytes = kdlab_weightfile::read_regular(path)
         .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .with_context(|| format!("{} is not a kdlab checkpoint", path.display()))?;
@@ -263,4 +349,75 @@ pub fn load_training_state<B: Backend>(
         );
     }
     Ok((state, moments))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOUNDS: StateBounds = StateBounds {
+        total_steps: 100,
+        epochs: 4,
+        batches_per_epoch: 50,
+    };
+
+    fn state() -> TrainState {
+        TrainState {
+            step: 30,
+            epoch: 1,
+            batch_in_epoch: 10,
+            best_val_loss: Some(0.5),
+            optim_steps: BTreeMap::from([("blocks.0.attn.qkv.weight".to_string(), 30)]),
+            ..TrainState::start()
+        }
+    }
+
+    #[test]
+    fn a_state_that_cannot_be_is_refused_by_field() {
+        assert_eq!(state().check(&BOUNDS), Ok(()));
+        type Edit = fn(&mut TrainState);
+        let cases: [(Edit, &str); 7] = [
+            (
+                |s| s.step = usize::MAX,
+                "kdlab.train_state.step is 18446744073709551615: the run's schedule has 100 steps",
+            ),
+            (
+                |s| s.epoch = 1_000_000,
+                "kdlab.train_state.epoch is 1000000: the run has 4 epochs",
+            ),
+            (
+                |s| s.batch_in_epoch = 1_000_000_000_000,
+                "kdlab.train_state.batch_in_epoch is 1000000000000: an epoch has at most 50 batches",
+            ),
+            (
+                |s| s.best_val_loss = Some(-1e308),
+                "kdlab.train_state.best_val_loss is -1e308: a mean squared error is finite and not below zero",
+            ),
+            (
+                |s| {
+                    s.optim_steps
+                        .insert("blocks.0.attn.qkv.weight".into(), u64::MAX);
+                },
+                "kdlab.train_state.optim_steps['blocks.0.attn.qkv.weight'] is 18446744073709551615: more updates than the run's 30 steps",
+            ),
+            (
+                |s| s.loss_window.sum = f64::NAN,
+                "kdlab.train_state.loss_window.sum is NaN: a sum of finite metrics is finite",
+            ),
+            (
+                |s| {
+                    s.grad_scaler = Some(GradScaler {
+                        scale: 0.0,
+                        growth_tracker: 0,
+                    })
+                },
+                "kdlab.train_state.grad_scaler.scale is 0.0: a loss scale is finite and above zero",
+            ),
+        ];
+        for (edit, expected) in cases {
+            let mut s = state();
+            edit(&mut s);
+            assert_eq!(s.check(&BOUNDS), Err(expected.to_string()));
+        }
+    }
 }

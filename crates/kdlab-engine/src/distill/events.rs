@@ -65,13 +65,18 @@ impl Outcome {
     }
 }
 
+/// The loss went NaN or infinite from weights and moments that were checked finite when they
+/// were loaded: the training itself diverged, so the advice is about the training.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the loss became {loss} by step {step} (epoch {epoch}); the run stopped and the last good \
-     checkpoint is kept. Lower optim.base_lr, set optim.clip_grad_norm, or use precision f32."
+    "the loss became {loss} by step {step} (epoch {epoch}); the run stopped{}. Lower \
+     optim.base_lr, set optim.clip_grad_norm, or use precision f32.",
+    if *kept_checkpoint { " and the last good checkpoint is kept" } else { " before its first checkpoint" }
 )]
 pub struct NonFiniteLoss {
     pub step: usize,
     pub epoch: usize,
     pub loss: f64,
+    /// Whether the run has a checkpoint from before (a resume point).
+    pub kept_checkpoint: bool,
 }

@@ -230,7 +230,14 @@ pub fn train(
         };
         let (trainer, student) = Trainer::<B>::new(&plan, &run, &request.control, on_event, place)?;
         trainer.run(student)
-    })?;
+    });
+    // What stopped the run is in its log too, not only on the terminal that started it.
+    if let Err(error) = &outcome
+        && world.writes_run()
+    {
+        run.append_log(&format!("error: {error}"));
+    }
+    let outcome = outcome?;
     let node = world
         .is_multi_node()
         .then_some((world.node_rank, world.nodes));

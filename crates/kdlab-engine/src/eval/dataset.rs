@@ -152,11 +152,15 @@ fn open_folders(train_root: &Path, val_root: &Path) -> Result<LabelledData, Data
             root: root.to_path_buf(),
             classes: classes.clone(),
             entries,
+            skipped: folder.skipped.clone(),
             limits: folder.limits,
         })
     };
     let train_set = relabel(&train, train_root)?;
     let val_set = relabel(&val, val_root)?;
+    for (path, why) in train_set.skipped.iter().chain(&val_set.skipped) {
+        warnings.push(format!("skipped {}: {why}", path.display()));
+    }
     let missing_in_val = classes
         .iter()
         .enumerate()

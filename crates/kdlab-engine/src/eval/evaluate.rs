@@ -259,7 +259,7 @@ fn features_of<B: burn::tensor::backend::Backend>(
     let config = &request.config;
     let n = source.len();
     let key = format!(
-        "kdlab {}; model {}; pooling {}; image size {}{}; {} data, {split} split: {} images from {} to {}",
+        "kdlab {}; model {}; pooling {}; image size {}{}; {} data, {split} split: {} images from {} to {}; contents {:016x}",
         env!("CARGO_PKG_VERSION"),
         model.fingerprint,
         config.pooling.name(),
@@ -274,6 +274,7 @@ fn features_of<B: burn::tensor::backend::Backend>(
         n,
         source.origin(0).display(),
         source.origin(n - 1).display(),
+        data_fingerprint(&*source),
     );
     let stage = format!("{}: features of the {split} images", model.role.name());
     let (set, cached) = match cache.load(&key) {
@@ -315,4 +316,29 @@ fn features_of<B: burn::tensor::backend::Backend>(
         });
     }
     Ok((set, cached))
+}
+
+/// Every data file's path, size and modification time, hashed: a file replaced or edited under
+/// the same name changes the cache key, so no stale features are served. (A CIFAR record is
+/// `<batch file>#<index>`: its batch file is what is looked at, once.)
+fn data_fingerprint(source: &dyn ImageSource) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut last_file = None;
+    for i in 0..source.len() {
+        let origin = source.origin(i);
+        let text = origin.to_string_lossy();
+        let file = match text.rsplit_once('#') {
+            Some((file, index)) if index.chars().all(|c| c.is_ascii_digit()) => {
+                std::path::PathBuf::from(file)
+            }
+            _ => origin.clone(),
+        };
+        if last_file.as_ref() != Some(&file) {
+            super::features::file_fingerprint(&file).hash(&mut hasher);
+            last_file = Some(file);
+        }
+        origin.hash(&mut hasher);
+    }
+    hasher.finish()
 }

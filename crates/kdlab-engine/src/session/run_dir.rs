@@ -223,6 +223,54 @@ impl RunDir {
         )))
     }
 
+    /// Cuts the TensorBoard event files back to `step`, as `cut_metrics_after` does
+    /// `metrics.jsonl`; one line per file changed.
+    pub fn cut_tensorboard_after(&self, step: usize) -> anyhow::Result<Vec<String>> {
+        let dir = self.tb_dir();
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(Vec::new());
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(super::tensorboard::FILE_PREFIX))
+                    && p.is_file()
+            })
+            .collect();
+        files.sort();
+        let mut cut = Vec::new();
+        for path in files {
+            let (removed, broken) = super::tensorboard::cut_after(&path, step as u64)?;
+            if removed > 0 || broken {
+                let broken = if broken {
+                    " and a record cut off halfway"
+                } else {
+                    ""
+                };
+                cut.push(format!(
+                    "{}: removed {removed} event(s) written after the checkpoint of step \
+                     {step}{broken}",
+                    path.display()
+                ));
+            }
+        }
+        Ok(cut)
+    }
+
+    /// Appends one line to `log.txt` (a run's fatal error, after its recorder is gone); a log
+    /// that cannot be written costs nothing else.
+    pub fn append_log(&self, message: &str) {
+        use std::io::Write;
+        if let Ok(mut log) = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.log_file())
+        {
+            let _ = writeln!(log, "[{}] {message}", utc_timestamp());
+        }
+    }
+
     pub fn log_file(&self) -> PathBuf {
         self.root.join(LOG)
     }

@@ -117,6 +117,80 @@ impl EventWriter {
     }
 }
 
+/// Cuts an event file back to its events at or before `step` (a resumed run writes the steps
+/// after its checkpoint again): from the first event past it, and from a record cut off
+/// halfway or failing its CRC, the file is cut off. Returns the events removed and whether a
+/// broken record was among them.
+pub fn cut_after(path: &Path, step: u64) -> anyhow::Result<(usize, bool)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (mut at, mut keep, mut removed, mut broken) = (0usize, 0usize, 0usize, false);
+    while at < bytes.len() {
+        let Some(data) = record_data(&bytes[at..]) else {
+            broken = true;
+            break;
+        };
+        let end = at + data.len() + 16;
+        if removed > 0 || event_step(data) > step {
+            removed += 1;
+        } else {
+            keep = end;
+        }
+        at = end;
+    }
+    if keep < bytes.len() {
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|file| file.set_len(keep as u64))
+            .with_context(|| format!("cannot cut {} back", path.display()))?;
+    }
+    Ok((removed, broken))
+}
+
+/// The data of the record at the start of `bytes`, if it is whole and its CRCs hold.
+fn record_data(bytes: &[u8]) -> Option<&[u8]> {
+    let length: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    let length_crc = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
+    if masked_crc32c(&length) != length_crc {
+        return None;
+    }
+    let len = usize::try_from(u64::from_le_bytes(length)).ok()?;
+    let data = bytes.get(12..12usize.checked_add(len)?)?;
+    let data_crc = u32::from_le_bytes(bytes.get(12 + len..16 + len)?.try_into().ok()?);
+    (masked_crc32c(data) == data_crc).then_some(data)
+}
+
+/// `Event.step` (field 2), 0 when absent or unreadable.
+fn event_step(mut event: &[u8]) -> u64 {
+    fn varint(bytes: &mut &[u8]) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = bytes.split_first()?;
+            *bytes = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    while let Some(key) = varint(&mut event) {
+        let skip = match (key >> 3, key & 7) {
+            (2, 0) => return varint(&mut event).unwrap_or(0),
+            (_, 0) => varint(&mut event).map(|_| 0),
+            (_, 1) => Some(8),
+            (_, 5) => Some(4),
+            (_, 2) => varint(&mut event).and_then(|n| usize::try_from(n).ok()),
+            _ => None,
+        };
+        match skip.and_then(|n| event.get(n..)) {
+            Some(rest) => event = rest,
+            None => return 0,
+        }
+    }
+    0
+}
+
 /// One TFRecord: length, its masked CRC, the data, the data's masked CRC.
 fn record(data: &[u8]) -> Vec<u8> {
     let length = (data.len() as u64).to_le_bytes();
@@ -250,6 +324,39 @@ mod tests {
             put_varint(&mut out, value);
             assert_eq!(out, bytes, "{value}");
         }
+    }
+
+    #[test]
+    fn a_file_is_cut_back_to_a_step_and_a_half_record_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = EventWriter::create(dir.path()).unwrap();
+        for step in 1..=5 {
+            writer.scalar("loss", step, step as f32).unwrap();
+        }
+        let path = writer.path().to_path_buf();
+        drop(writer);
+        let whole = std::fs::read(&path).unwrap();
+        // A record cut off halfway (a kill during a write) at the end.
+        std::fs::write(
+            &path,
+            [&whole[..], &whole[whole.len() - 20..whole.len() - 5]].concat(),
+        )
+        .unwrap();
+        assert_eq!(cut_after(&path, 3).unwrap(), (2, true));
+        let steps: Vec<u64> = {
+            let bytes = std::fs::read(&path).unwrap();
+            let mut at = 0;
+            let mut steps = Vec::new();
+            while let Some(data) = record_data(&bytes[at..]) {
+                steps.push(event_step(data));
+                at += data.len() + 16;
+            }
+            assert_eq!(at, bytes.len());
+            steps
+        };
+        // The file-version event (step 0), then steps 1..=3.
+        assert_eq!(steps, [0, 1, 2, 3]);
+        assert_eq!(cut_after(&path, 3).unwrap(), (0, false));
     }
 
     #[test]

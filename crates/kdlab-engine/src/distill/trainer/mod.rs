@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
-use super::checkpoint::{self, TrainState};
+use super::checkpoint::{self, StateBounds, TrainState};
 use super::collapse::{RepresentationCollapse, collapse_sign};
 use super::events::{Event, NonFiniteLoss, Outcome};
 use super::parallel::{Origin, Peers};
@@ -41,15 +41,34 @@ use outputs::RunOutputs;
 use progress::{Progress, Speed};
 
 /// A resumed run's training state and AdamW moments, from its last checkpoint.
-fn restore<B: Backend>(
+/// Both are checked first, against the run's plan, the student and each other.
+fn restore<B: Backend, AB: Backend>(
+    plan: &RunPlan,
     run: &RunDir,
+    student: &Student<AB>,
     optimizer: &mut StudentOptimizer<B>,
     out: &mut RunOutputs<'_>,
     device: &B::Device,
 ) -> anyhow::Result<TrainState> {
     let last = run.last_checkpoint();
     let (state, moments) = checkpoint::load_training_state(&last, device)?;
+    let config = &plan.config;
+    let bounds = StateBounds {
+        total_steps: plan.data.steps_per_epoch * config.optim.epochs,
+        epochs: config.optim.epochs,
+        batches_per_epoch: (plan.data.train.entries.len() * config.data.repeats)
+            .div_ceil(config.optim.batch_size.max(1)),
+    };
+    let refused = |why: String| {
+        anyhow::anyhow!(
+            "{} cannot be resumed: {why} (the file was damaged or altered; resume from a copy, \
+             or start the run again)",
+            last.display()
+        )
+    };
+    state.check(&bounds).map_err(refused)?;
     optimizer.adamw.state = moments;
+    optimizer.adamw.check_state(student).map_err(refused)?;
     if optimizer.scaler.is_some() {
         optimizer.scaler = state.grad_scaler.or(optimizer.scaler);
     }
@@ -147,10 +166,20 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             config.precision.scales_loss(),
         );
         let state = if plan.resume {
-            let state = restore(run, &mut optimizer, &mut out, device)?;
+            let state = restore(plan, run, &student, &mut optimizer, &mut out, device)?;
             if writes && let Some(cut) = run.cut_metrics_after(state.step)? {
                 out.log(&cut);
                 out.event(Event::Warning(cut));
+            }
+            if writes {
+                // TensorBoard is a convenience: a file it cannot cut is said, not fatal.
+                let cut = run
+                    .cut_tensorboard_after(state.step)
+                    .unwrap_or_else(|e| vec![format!("TensorBoard files not cut back: {e:#}")]);
+                for line in cut {
+                    out.log(&line);
+                    out.event(Event::Warning(line));
+                }
             }
             state
         } else {
@@ -178,6 +207,14 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         };
         trainer.announce();
         if writes {
+            // What the data folders' scan left out, then the probe images that cannot be read.
+            let data = &plan.data;
+            let listed = data
+                .train
+                .skipped
+                .iter()
+                .chain(data.val.iter().flat_map(|v| &v.skipped));
+            trainer.out.report_skipped(listed.cloned().collect());
             let skipped = trainer.models.prepare_probe(plan)?;
             trainer.out.report_skipped(skipped);
         }
@@ -201,9 +238,14 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     /// Trains until the schedule ends, the step limit is reached or a stop is asked for.
     pub(super) fn run(mut self, mut student: Student<B>) -> anyhow::Result<Outcome> {
         if self.progress.state.step == 0 {
-            self.write_heatmaps(&student)?;
+            self.write_heatmaps_or_warn(&student);
         }
-        while self.progress.has_steps_left(self.plan.config.optim.epochs) {
+        let epochs = self.plan.config.optim.epochs;
+        let (first_step, had_steps) = (
+            self.progress.state.step,
+            self.progress.has_steps_left(epochs),
+        );
+        while self.progress.has_steps_left(epochs) {
             let (trained, stop) = self.run_epoch(student)?;
             student = trained;
             if let Some(outcome) = stop {
@@ -219,6 +261,14 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             self.end_epoch(&student)?;
         }
         self.replicas.finish();
+        if had_steps && self.progress.state.step == first_step {
+            // Every batch came out empty: nothing was trained, which is no finished run.
+            anyhow::bail!(
+                "the run took no training step from step {first_step}: every batch of the \
+                 remaining epochs was empty (each of its images skipped as unreadable, as the \
+                 lines above say)"
+            );
+        }
         Ok(Outcome::Completed)
     }
 
@@ -401,11 +451,12 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         self.ensure_finite(window)?;
         let improved = self.validate(student)?;
         self.progress.next_epoch();
-        self.write_heatmaps(student)?;
+        // The epoch's training is kept first: maps that cannot be written cost only the maps.
         self.checkpoint(student)?;
         if improved {
             self.out.keep_last_as_best()?;
         }
+        self.write_heatmaps_or_warn(student);
         Ok(())
     }
 
@@ -454,6 +505,19 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     }
 
     /// The probe set's maps for the student as it is now, into `heatmaps/epoch-NNN`.
+    /// The probe maps, or a warning in the log and the run's events when they cannot be written
+    /// (a full disk, a folder taken away): the run goes on, as it does when TensorBoard fails.
+    fn write_heatmaps_or_warn(&mut self, student: &Student<B>) {
+        if let Err(error) = self.write_heatmaps(student) {
+            let warning = format!(
+                "the probe maps of epoch {} were not written: {error:#}",
+                self.progress.state.epoch
+            );
+            self.out.log(&format!("warning: {warning}"));
+            self.out.event(Event::Warning(warning));
+        }
+    }
+
     fn write_heatmaps(&mut self, student: &Student<B>) -> anyhow::Result<()> {
         let (step, epoch) = (self.progress.state.step, self.progress.state.epoch);
         let dir = self.out.run().epoch_heatmaps(epoch);
@@ -493,6 +557,11 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let (step, epoch) = (self.progress.state.step, self.progress.state.epoch);
         self.out
             .log(&format!("non-finite loss {loss} in the steps up to {step}"));
-        Err(NonFiniteLoss { step, epoch, loss })
+        Err(NonFiniteLoss {
+            step,
+            epoch,
+            loss,
+            kept_checkpoint: self.out.run().last_checkpoint().is_file(),
+        })
     }
 }

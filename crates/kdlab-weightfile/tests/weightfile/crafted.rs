@@ -1,11 +1,9 @@
 //! Crafted checkpoints, one per class of hostile or broken file: what the reader reads, what it
 //! refuses and how it says so.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{Pickle, f32_bytes, torch_legacy, torch_zip, torch_zip_with};
+use crate::common::{Pickle, f32_bytes, torch_legacy, torch_zip, torch_zip_with};
 use kdlab_weightfile::{Dtype, Error, Format, Limits, WeightFile};
 
 fn open(path: &Path) -> Result<WeightFile, String> {
@@ -81,7 +79,7 @@ fn reads_views_dtypes_and_nesting_as_torch_load_does() {
 #[test]
 fn reads_the_fixture_checkpoints() {
     for name in ["beitv2_tiny_unilm.pth", "d2v2_tiny_fairseq.pt"] {
-        let file = WeightFile::open(&common::fixture(name)).unwrap();
+        let file = WeightFile::open(&crate::common::fixture(name)).unwrap();
         let mut count = 0;
         for (key, info) in file.tensors() {
             if info.dtype == Dtype::F32 {
@@ -92,7 +90,7 @@ fn reads_the_fixture_checkpoints() {
         }
         assert!(count > 50, "{name}: {count} tensors");
     }
-    let fairseq = WeightFile::open(&common::fixture("d2v2_tiny_fairseq.pt")).unwrap();
+    let fairseq = WeightFile::open(&crate::common::fixture("d2v2_tiny_fairseq.pt")).unwrap();
     let cfg = fairseq.pickle_value("cfg").unwrap().unwrap();
     assert!(cfg["model"]["num_heads"].is_u64(), "{cfg}");
 }
@@ -428,7 +426,7 @@ fn reads_and_checks_legacy_files() {
 #[test]
 fn safetensors_dtypes_are_named_and_non_finite_values_refused() {
     let (_dir, path) = temp("w.safetensors");
-    common::safetensors(
+    crate::common::safetensors(
         &path,
         &[
             (

@@ -1,8 +1,6 @@
 //! Crafting checkpoints byte by byte: a pickle writer (the opcodes `torch.save` writes, and the
 //! ones an attacker would), torch's zip and legacy containers around it, safetensors.
 
-#![allow(dead_code)]
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -45,12 +43,6 @@ impl Pickle {
     pub fn int(self, i: i32) -> Self {
         let mut op = vec![b'J'];
         op.extend(i.to_le_bytes());
-        self.op(&op)
-    }
-
-    pub fn float(self, f: f64) -> Self {
-        let mut op = vec![b'G'];
-        op.extend(f.to_be_bytes());
         self.op(&op)
     }
 
@@ -123,11 +115,6 @@ impl Pickle {
     pub fn stop(self) -> Vec<u8> {
         self.op(b".").0
     }
-}
-
-/// A dict `{key: <what follows>}` is opened with `dict_with(key)` and closed with `s`.
-pub fn dict_with(p: Pickle, key: &str) -> Pickle {
-    p.op(b"}").str(key)
 }
 
 /// A torch ≥ 1.6 checkpoint: `archive/data.pkl`, `archive/byteorder`, `archive/data/<key>`.

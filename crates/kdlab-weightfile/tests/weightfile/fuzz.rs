@@ -2,14 +2,13 @@
 //! set, inserted, deleted or cut — in the whole file, or in the pickle of a zip rebuilt around
 //! it so that the mutations reach the pickle reader rather than the zip's checksums. Whatever
 //! the file, opening it and reading every tensor and the config must return (a value or an
-//! error), never panic, and stay under the memory cap this test sets on its own process (an
-//! allocation past it aborts the test binary, which fails the run).
+//! error), never panic, and stay under the memory cap this test sets on the test process (an
+//! allocation past it aborts the test binary, which fails the run; the other tests of this
+//! binary read small files).
 //!
 //! Each case is drawn from its own seed, so a failure names the seed that reproduces it:
 //! `KDLAB_FUZZ_FIRST=<seed> KDLAB_FUZZ_CASES=1`. `KDLAB_FUZZ_CASES` sets how many files are
 //! tried (default 1,500, a few seconds in release).
-
-mod common;
 
 use std::io::Read;
 use std::path::Path;
@@ -175,9 +174,9 @@ fn mutated_checkpoints_never_crash_the_readers() {
     cap_memory();
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let whole: Vec<Vec<u8>> = [
-        common::fixture("beitv2_tiny_unilm.pth"),
-        common::fixture("d2v2_tiny_fairseq.pt"),
-        common::fixture("beitv2_tiny_timm.safetensors"),
+        crate::common::fixture("beitv2_tiny_unilm.pth"),
+        crate::common::fixture("d2v2_tiny_fairseq.pt"),
+        crate::common::fixture("beitv2_tiny_timm.safetensors"),
         fixtures.join("views.pth"),
         fixtures.join("views_legacy.pt"),
     ]
@@ -185,7 +184,7 @@ fn mutated_checkpoints_never_crash_the_readers() {
     .map(|p| std::fs::read(p).unwrap())
     .collect();
     let zips: Vec<ZipParts> = [
-        common::fixture("d2v2_tiny_fairseq.pt"),
+        crate::common::fixture("d2v2_tiny_fairseq.pt"),
         fixtures.join("views.pth"),
     ]
     .iter()
@@ -218,7 +217,7 @@ fn mutated_checkpoints_never_crash_the_readers() {
                 .iter()
                 .map(|(k, b)| (k.as_str(), b.clone()))
                 .collect();
-            common::torch_zip(&path, &pickle, &storages);
+            crate::common::torch_zip(&path, &pickle, &storages);
         }
         let outcome = std::panic::catch_unwind(|| exercise(&path));
         assert!(

@@ -293,21 +293,15 @@ fn bad_weight_files_fail_with_the_file_named() {
     }
 }
 
-#[test]
-fn input_of_the_wrong_size_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.safetensors");
+/// `features` of the tiny unilm teacher on an `--input` file holding `image`.
+fn features_on_input(dir: &Path, shape: Vec<usize>, bytes: Vec<u8>) -> Output {
+    let input = dir.join("in.safetensors");
     write_safetensors(
         &input,
-        &[(
-            "image".into(),
-            vec![1, 3, 32, 32],
-            vec![0; 3 * 32 * 32 * 4],
-            safetensors::Dtype::F32,
-        )],
+        &[("image".into(), shape, bytes, safetensors::Dtype::F32)],
         None,
     );
-    let out = kdlab(&[
+    kdlab(&[
         "features",
         "--backend",
         "cpu",
@@ -316,8 +310,14 @@ fn input_of_the_wrong_size_is_refused() {
         "--input",
         input.to_str().unwrap(),
         "--out",
-        dir.path().join("o.safetensors").to_str().unwrap(),
-    ]);
+        dir.join("o.safetensors").to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn input_of_the_wrong_size_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = features_on_input(dir.path(), vec![1, 3, 32, 32], vec![0; 3 * 32 * 32 * 4]);
     assert_clean_failure(&out, &["[1, 3, 32, 32]", "[B, 3, 64, 64]"]);
 }
 
@@ -326,24 +326,8 @@ fn input_of_the_wrong_size_is_refused() {
 fn empty_and_non_finite_inputs_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let run = |shape: Vec<usize>, values: Vec<f32>| {
-        let input = dir.path().join("in.safetensors");
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        write_safetensors(
-            &input,
-            &[("image".into(), shape, bytes, safetensors::Dtype::F32)],
-            None,
-        );
-        kdlab(&[
-            "features",
-            "--backend",
-            "cpu",
-            "--weights",
-            fixture("beitv2_tiny_unilm.pth").to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--out",
-            dir.path().join("o.safetensors").to_str().unwrap(),
-        ])
+        features_on_input(dir.path(), shape, bytes)
     };
     let out = run(vec![0, 3, 64, 64], vec![]);
     assert_clean_failure(&out, &["the input holds no images (a batch of 0)"]);

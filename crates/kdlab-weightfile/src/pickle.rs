@@ -818,8 +818,12 @@ impl Pickle {
                 _ => continue,
             };
             if !children.is_empty() && depth >= limits.depth {
+                let at = match path.char_indices().nth(60) {
+                    Some((cut, _)) => format!("{}…", &path[..cut]),
+                    None => path,
+                };
                 return Err(Error::invalid(format!(
-                    "the pickle's containers nest deeper than {} levels (at '{path}')",
+                    "the pickle's containers nest deeper than {} levels (at '{at}')",
                     limits.depth
                 )));
             }

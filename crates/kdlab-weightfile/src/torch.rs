@@ -335,6 +335,7 @@ fn finish(
             );
         }
     }
+    check_aliasing(&tensors, &storages)?;
     Ok(WeightFile {
         format,
         tensors,
@@ -344,6 +345,37 @@ fn finish(
         limits,
         source: std::rc::Rc::new(Source::Torch(storages)),
     })
+}
+
+/// Tensors may view one storage (tied weights, a saved `w` beside `w.t()`), but a file whose
+/// tensors show its storages' bytes many times over would make a reader allocate far more than
+/// the file holds: refused past `ALIAS_FACTOR` times (and a floor for small files).
+fn check_aliasing(
+    tensors: &BTreeMap<String, TensorInfo>,
+    storages: &Storages,
+) -> Result<(), Error> {
+    const ALIAS_FACTOR: u128 = 4;
+    const FLOOR: u128 = 64 << 20;
+    let stored: u128 = storages
+        .entries
+        .iter()
+        .map(|e| u128::from(e.numel) * u128::from(e.size))
+        .sum();
+    let viewed: u128 = tensors
+        .values()
+        .map(|t| {
+            let size = t.dtype.size().unwrap_or(1);
+            t.shape.iter().map(|&d| d as u128).product::<u128>() * u128::from(size)
+        })
+        .sum();
+    if viewed > ALIAS_FACTOR * stored + FLOOR {
+        return Err(Error::invalid(format!(
+            "the tensors show {viewed} bytes of the {stored} bytes the file's storages hold: \
+             views of one storage by many tensors, more than {ALIAS_FACTOR} times over, which no \
+             checkpoint needs"
+        )));
+    }
+    Ok(())
 }
 
 /// The view lies inside its storage and no two of its elements are the same element.

@@ -13,15 +13,30 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// A pickle, opcode by opcode (protocol 2).
 #[derive(Clone, Default)]
-pub struct Pickle(pub Vec<u8>);
+pub struct Pickle {
+    pub bytes: Vec<u8>,
+    /// Storages named as a legacy (torch < 1.6) file names them.
+    legacy: bool,
+}
 
 impl Pickle {
     pub fn new() -> Self {
-        Self(vec![0x80, 2])
+        Self {
+            bytes: vec![0x80, 2],
+            legacy: false,
+        }
+    }
+
+    /// The main pickle of a legacy file.
+    pub fn legacy() -> Self {
+        Self {
+            legacy: true,
+            ..Self::new()
+        }
     }
 
     pub fn op(mut self, bytes: &[u8]) -> Self {
-        self.0.extend_from_slice(bytes);
+        self.bytes.extend_from_slice(bytes);
         self
     }
 
@@ -33,17 +48,21 @@ impl Pickle {
         self.op(format!("c{module}\n{name}\n").as_bytes())
     }
 
+    /// An opcode and its argument's bytes.
+    fn with_arg(mut self, code: u8, arg: &[u8]) -> Self {
+        self.bytes.push(code);
+        self.bytes.extend_from_slice(arg);
+        self
+    }
+
     pub fn str(self, s: &str) -> Self {
-        let mut op = vec![b'X'];
-        op.extend((s.len() as u32).to_le_bytes());
-        op.extend(s.as_bytes());
-        self.op(&op)
+        let mut arg = (s.len() as u32).to_le_bytes().to_vec();
+        arg.extend(s.as_bytes());
+        self.with_arg(b'X', &arg)
     }
 
     pub fn int(self, i: i32) -> Self {
-        let mut op = vec![b'J'];
-        op.extend(i.to_le_bytes());
-        self.op(&op)
+        self.with_arg(b'J', &i.to_le_bytes())
     }
 
     pub fn ints(self, values: &[i32]) -> Self {
@@ -51,20 +70,17 @@ impl Pickle {
     }
 
     pub fn put(self, index: u32) -> Self {
-        let mut op = vec![b'r'];
-        op.extend(index.to_le_bytes());
-        self.op(&op)
+        self.with_arg(b'r', &index.to_le_bytes())
     }
 
     pub fn get(self, index: u32) -> Self {
-        let mut op = vec![b'j'];
-        op.extend(index.to_le_bytes());
-        self.op(&op)
+        self.with_arg(b'j', &index.to_le_bytes())
     }
 
     /// A storage's persistent id: `('storage', torch.<class>, key, 'cpu', numel)`, and a legacy
     /// file's view metadata (`None`) after it.
-    pub fn storage(self, class: &str, key: &str, numel: i32, legacy: bool) -> Self {
+    pub fn storage(self, class: &str, key: &str, numel: i32) -> Self {
+        let legacy = self.legacy;
         let p = self
             .mark()
             .str("storage")
@@ -86,23 +102,9 @@ impl Pickle {
         shape: &[i32],
         stride: &[i32],
     ) -> Self {
-        self.tensor_of(false, storage, class, numel, offset, shape, stride)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn tensor_of(
-        self,
-        legacy: bool,
-        storage: &str,
-        class: &str,
-        numel: i32,
-        offset: i32,
-        shape: &[i32],
-        stride: &[i32],
-    ) -> Self {
         self.global("torch._utils", "_rebuild_tensor_v2")
             .mark()
-            .storage(class, storage, numel, legacy)
+            .storage(class, storage, numel)
             .int(offset)
             .ints(shape)
             .ints(stride)
@@ -113,7 +115,7 @@ impl Pickle {
     }
 
     pub fn stop(self) -> Vec<u8> {
-        self.op(b".").0
+        self.op(b".").bytes
     }
 }
 

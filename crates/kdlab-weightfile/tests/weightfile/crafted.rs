@@ -266,7 +266,7 @@ fn survives_deep_nesting_without_recursion() {
     let error = open(&path).unwrap_err();
     assert_eq!(
         error,
-        "the pickle's containers nest deeper than 100 levels (at 'cfg.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0')"
+        "the pickle's containers nest deeper than 100 levels (at 'cfg.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.…')"
     );
 }
 
@@ -343,7 +343,7 @@ fn large_pickles_are_read_in_linear_time_within_the_object_budget() {
 #[test]
 fn broken_pickles_say_where() {
     let (_dir, path) = temp("broken.pth");
-    torch_zip(&path, &Pickle::new().op(b"}").str("x").0, &[]);
+    torch_zip(&path, &Pickle::new().op(b"}").str("x").bytes, &[]);
     assert_eq!(
         open(&path).unwrap_err(),
         "archive/data.pkl: the pickle ends at byte 9 without its STOP opcode"
@@ -359,7 +359,7 @@ fn broken_pickles_say_where() {
         "archive/data.pkl: pickle opcode 0x82 at byte 2: is not read (a copyreg extension)"
     );
     // BINUNICODE8 declaring 2⁶⁰ bytes: refused before anything is allocated.
-    let mut huge = Pickle::new().op(b"\x8d").0;
+    let mut huge = Pickle::new().op(b"\x8d").bytes;
     huge.extend((1u64 << 60).to_le_bytes());
     torch_zip(&path, &huge, &[]);
     assert!(
@@ -372,11 +372,11 @@ fn broken_pickles_say_where() {
 #[test]
 fn reads_and_checks_legacy_files() {
     let main = |numel: i32| {
-        let p = Pickle::new().op(b"}").mark();
+        let p = Pickle::legacy().op(b"}").mark();
         p.str("w")
-            .tensor_of(true, "k0", "FloatStorage", numel, 0, &[2], &[1])
+            .tensor("k0", "FloatStorage", numel, 0, &[2], &[1])
             .str("v")
-            .tensor_of(true, "k1", "FloatStorage", 1, 0, &[1], &[1])
+            .tensor("k1", "FloatStorage", 1, 0, &[1], &[1])
             .op(b"u")
             .stop()
     };
@@ -527,4 +527,25 @@ fn many_storages_are_found_through_the_zips_index() {
     let file = WeightFile::open(&path).unwrap();
     assert_eq!(file.tensors().count(), n as usize);
     assert_eq!(file.read_f32("model.t49999").unwrap(), [49_999.0]);
+}
+
+#[test]
+fn tensors_that_show_one_storage_many_times_over_are_refused() {
+    // 40 tensors of 1 M elements, all the same 4 MB storage: 160 MB to allocate from a 4 MB file.
+    let n = 1 << 20;
+    let pickle = state_dict(|mut p| {
+        for i in 0..40 {
+            p = p
+                .str(&format!("t{i}"))
+                .tensor("0", "FloatStorage", n, 0, &[n], &[1]);
+        }
+        p
+    });
+    let (_dir, path) = temp("aliased.pth");
+    torch_zip(&path, &pickle, &[("0", vec![0; 4 << 20])]);
+    assert_eq!(
+        open(&path).unwrap_err(),
+        "the tensors show 167772160 bytes of the 4194304 bytes the file's storages hold: views of \
+         one storage by many tensors, more than 4 times over, which no checkpoint needs"
+    );
 }

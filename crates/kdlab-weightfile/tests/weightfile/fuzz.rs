@@ -8,7 +8,7 @@
 //!
 //! Each case is drawn from its own seed, so a failure names the seed that reproduces it:
 //! `KDLAB_FUZZ_FIRST=<seed> KDLAB_FUZZ_CASES=1`. `KDLAB_FUZZ_CASES` sets how many files are
-//! tried (default 1,500, a few seconds in release).
+//! tried (default 5,000, about 6 s in release; 100,000 took 112 s on a 2-core AMD EPYC).
 
 use std::io::Read;
 use std::path::Path;

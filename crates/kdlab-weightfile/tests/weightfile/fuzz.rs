@@ -200,7 +200,7 @@ fn mutated_checkpoints_never_crash_the_readers() {
             .unwrap_or(default)
     };
     let first = setting("KDLAB_FUZZ_FIRST", 0);
-    let cases = setting("KDLAB_FUZZ_CASES", 1500);
+    let cases = setting("KDLAB_FUZZ_CASES", 5000);
     for seed in first..first + cases {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let base = rng.random_range(0..whole.len() + zips.len());

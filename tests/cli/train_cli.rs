@@ -131,9 +131,20 @@ fn bad_files_are_skipped_and_reported() {
             "{bad} not reported: {err}"
         );
     }
-    let log =
-        std::fs::read_to_string(run_dirs(&dir.path().join("runs"))[0].join("log.txt")).unwrap();
+    let run = run_dirs(&dir.path().join("runs"))[0].clone();
+    let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
     assert!(log.contains("skipped"), "{log}");
+    // The folder says how the run ended, and where.
+    let summary = kdlab_engine::session::runs::summarize(&run);
+    assert!(
+        matches!(
+            summary.state,
+            kdlab_engine::session::runs::RunState::Ended(
+                kdlab_engine::session::run_status::RunStatus::Finished { step, .. }
+            ) if step > 0 && Some(step) == summary.step
+        ),
+        "{summary:?}"
+    );
 }
 
 /// A folder whose every file is unreadable trains nothing: a failure (exit 1) that says so, in
@@ -207,6 +218,84 @@ fn a_tampered_training_state_is_refused_on_resume() {
         tampered,
         "the checkpoint is untouched"
     );
+}
+
+/// A headless `kdlab train` in another process, followed as the runs browser follows it: its
+/// folder says it is running (and who runs it), its metrics grow line by line, a second writer
+/// (a `--resume` of the same run) is refused, and after Ctrl-C it says it was interrupted.
+#[test]
+fn a_headless_run_is_followed_live_and_no_second_process_writes_it() {
+    use kdlab_engine::session::run_status::RunStatus;
+    use kdlab_engine::session::runs::{MetricsTail, Poll, RunState, summarize};
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), &assets(), "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("epochs: 4", "epochs: 1000");
+    std::fs::write(&config, text).unwrap();
+    let runs = dir.path().join("runs");
+    let mut child = train_command(&config, &runs)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let wait = |what: &str, done: &mut dyn FnMut() -> bool| {
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited too long for {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait("the run folder", &mut || {
+        runs.exists()
+            && run_dirs(&runs)
+                .first()
+                .is_some_and(|r| r.join("status.json").exists())
+    });
+    let run = run_dirs(&runs)[0].clone();
+    let summary = summarize(&run);
+    assert!(
+        matches!(
+            summary.state,
+            RunState::Running { pid: Some(pid), host: Some(_) } if pid == child.id()
+        ),
+        "{summary:?}"
+    );
+    let mut tail = MetricsTail::new(&kdlab_engine::session::RunDir::at(&run));
+    let mut steps = Vec::new();
+    wait("three metrics lines, one poll at a time", &mut || {
+        if let Poll::More(lines) = tail.poll() {
+            steps.extend(lines.iter().map(|l| l.step));
+        }
+        steps.len() >= 3
+    });
+    // A validation line shares its step with the training line before it.
+    assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{steps:?}");
+    wait("the first checkpoint", &mut || {
+        run.join("checkpoints/last.safetensors").exists()
+    });
+    let second = kdlab_cpu(&["train", "--resume", run.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "is being written by another process (process {}",
+            child.id()
+        )),
+        "{err}"
+    );
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    match summarize(&run).state {
+        RunState::Ended(RunStatus::Interrupted { step, .. }) => assert!(step >= 3, "{step}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -30,6 +30,7 @@ pub use kd_step::{KdStep, kd_backward, student_backward};
 use crate::backend::Selected;
 use crate::config::{ConfigError, Devices, ParallelConfig, RunConfig};
 use crate::session::fetch::fetch_weights;
+use crate::session::run_status::{RunLease, RunStatus};
 use crate::session::{EngineError, ModelPlan, RunDir, Session, on_backend};
 use kdlab_hub::Fetcher;
 use parallel::World;
@@ -220,6 +221,12 @@ pub fn train(
         }
         Destination::New { runs_dir } => RunDir::at(runs_dir),
     };
+    // The run is this process's until it ends: another writer is refused, and the folder says
+    // who writes it and, at the end, how it ended (status.json).
+    let lease = match world.writes_run() {
+        true => Some(RunLease::take(&run)?),
+        false => None,
+    };
     let batch_size = plan.config.optim.batch_size;
     let outcome = on_backend!(session, Some(batch_size), |B, device| {
         let devices = parallel::peer_devices::<B>(session.backend(), &device, &world)?;
@@ -236,6 +243,24 @@ pub fn train(
         && world.writes_run()
     {
         run.append_log(&format!("error: {error}"));
+    }
+    if let Some(lease) = lease {
+        let at = crate::session::utc_timestamp();
+        let step = || crate::session::runs::last_step(&run);
+        let status = match &outcome {
+            Ok(Outcome::Completed) => RunStatus::Finished { step: step(), at },
+            Ok(Outcome::ReachedMaxSteps) => RunStatus::ReachedMaxSteps { step: step(), at },
+            Ok(Outcome::Interrupted) => RunStatus::Interrupted { step: step(), at },
+            Err(error) => RunStatus::Failed {
+                message: error.to_string(),
+                at,
+            },
+        };
+        if let Err(e) = lease.finish(&status) {
+            run.append_log(&format!(
+                "warning: the run's status was not recorded: {e:#}"
+            ));
+        }
     }
     let outcome = outcome?;
     let node = world

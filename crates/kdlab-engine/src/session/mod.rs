@@ -9,6 +9,8 @@ pub mod error;
 pub mod fetch;
 pub mod models;
 pub mod run_dir;
+pub mod run_status;
+pub mod runs;
 pub mod tensorboard;
 
 pub use error::{EngineError, Interrupted};

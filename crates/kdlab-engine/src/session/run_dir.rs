@@ -4,7 +4,9 @@
 //! runs/<name>-<UTC time>/
 //!   config.ron                    the resolved config the run trains with
 //!   metrics.jsonl                 one MetricsLine per logged step or validation
-//!   log.txt                       what the terminal showed, timestamped
+//!   log.txt                       what the terminal showed, timestamped (a fatal error last)
+//!   status.json, run.lock         running (pid, host) or how it ended; locked while written
+//!                                 (session/run_status.rs)
 //!   checkpoints/last.safetensors  written atomically after every epoch and on stop
 //!   checkpoints/best.safetensors  the lowest validation loss
 //!   heatmaps/epoch-NNN/           the probe images' maps after epoch NNN (000: before training)

@@ -17,6 +17,7 @@ runs=runs
 # 2. A complete demo run, headless (the newest run, so Inspect opens it), then Inspect.
 "$bin" --no-gui --backend cpu train --config configs/demo.ron --runs-dir "$runs"
 run=$(ls -td "$runs"/demo-* | head -1)
+"$shot" docs/runs.png 8 -- "$bin" --backend cpu app --tab runs --runs-dir "$runs"
 "$shot" docs/inspect.png 12 -- "$bin" --backend cpu app --tab inspect
 "$shot" docs/inspect-pca.png 12 -- "$bin" --backend cpu app --tab inspect --view pca
 "$shot" docs/inspect-timeline.png 8 -- "$bin" --backend cpu app --tab inspect --view timeline

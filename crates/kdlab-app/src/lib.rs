@@ -1,4 +1,4 @@
-//! The desktop app (eframe/egui): Setup, Run, Inspect and Evaluate panels over the same engine as
+//! The desktop app (eframe/egui): Setup, Run, Runs, Inspect and Evaluate panels over the same engine as
 //! the CLI: each job calls the engine entry its command calls (`distill::train`,
 //! `eval::evaluate`, `inspect::inspect`) on a worker thread that sends messages and wakes the
 //! UI; the engine never imports egui. `KdlabApp::ui` is the whole app, so tests drive exactly what the window
@@ -10,6 +10,8 @@ pub mod evaluate_panel;
 mod inspect_job;
 pub mod inspect_panel;
 pub mod run_panel;
+pub mod runs_panel;
+mod runs_watch;
 pub mod setup_panel;
 pub mod training_job;
 
@@ -22,6 +24,7 @@ pub use inspect_panel::{InspectPanel, View};
 use kdlab_engine::backend::{BackendChoice, detect_devices};
 use kdlab_engine::config::RunConfig;
 pub use run_panel::{RunPanel, RunSetup, RunState};
+pub use runs_panel::RunsPanel;
 pub use setup_panel::SetupPanel;
 
 /// The config the app opens with.
@@ -31,6 +34,8 @@ pub const DEMO_CONFIG: &str = "configs/demo.ron";
 pub enum Tab {
     Setup,
     Run,
+    /// Every run of the runs folder, any one followed live.
+    Runs,
     Inspect,
     Evaluate,
 }
@@ -39,6 +44,7 @@ pub struct KdlabApp {
     pub tab: Tab,
     pub setup: SetupPanel,
     pub run: RunPanel,
+    pub runs: RunsPanel,
     pub inspect: InspectPanel,
     pub evaluate: EvaluatePanel,
     devices: Option<Receiver<Vec<String>>>,
@@ -61,6 +67,7 @@ impl KdlabApp {
             tab: Tab::Setup,
             setup,
             run: RunPanel::default(),
+            runs: RunsPanel::default(),
             inspect,
             evaluate,
             devices: Some(receiver),
@@ -102,6 +109,7 @@ impl KdlabApp {
                 for (tab, label) in [
                     (Tab::Setup, "Setup"),
                     (Tab::Run, "Run"),
+                    (Tab::Runs, "Runs"),
                     (Tab::Inspect, "Inspect"),
                     (Tab::Evaluate, "Evaluate"),
                 ] {
@@ -112,7 +120,7 @@ impl KdlabApp {
                                 .inspect
                                 .refresh(&self.setup.config, &self.setup.runs_dir),
                             Tab::Evaluate => self.evaluate.refresh(&self.setup.runs_dir),
-                            Tab::Setup | Tab::Run => {}
+                            Tab::Setup | Tab::Run | Tab::Runs => {}
                         }
                     }
                 }
@@ -120,6 +128,10 @@ impl KdlabApp {
                 self.status_ui(ui);
             });
         });
+        if self.tab == Tab::Runs {
+            // Its worker reads the folder; here only what it sent is taken in.
+            self.runs.poll(&self.setup.runs_dir, ui.ctx());
+        }
         egui::CentralPanel::default().show(ui, |ui| match self.tab {
             Tab::Setup => self.setup.ui(ui),
             Tab::Run => {
@@ -132,6 +144,7 @@ impl KdlabApp {
                 };
                 self.run.ui(ui, &setup);
             }
+            Tab::Runs => self.runs.ui(ui, &self.setup.runs_dir),
             Tab::Inspect => self.inspect.ui(ui, &self.setup.config, self.setup.backend),
             Tab::Evaluate => self.evaluate.ui(
                 ui,
@@ -212,6 +225,10 @@ pub struct AppArgs {
     /// The Inspect view to show first.
     #[arg(long, value_enum)]
     pub view: Option<View>,
+    /// The runs folder: where runs go, where Runs lists them and Inspect and Evaluate find
+    /// checkpoints (default: runs); a server's run folder, mounted or synced, works too.
+    #[arg(long, value_name = "DIR")]
+    pub runs_dir: Option<PathBuf>,
     /// Start the run at once.
     #[arg(long)]
     pub start: bool,
@@ -226,6 +243,9 @@ pub fn run_app(args: AppArgs, backend: BackendChoice) -> anyhow::Result<()> {
     }
     if let Some(view) = args.view {
         app.inspect.view = view;
+    }
+    if let Some(runs_dir) = &args.runs_dir {
+        app.set_runs_dir(runs_dir);
     }
     let start = args.start;
     let options = eframe::NativeOptions {

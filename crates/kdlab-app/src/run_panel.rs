@@ -12,8 +12,8 @@ use kdlab_engine::config::{Devices, RunConfig};
 use kdlab_engine::distill::{
     Event, Outcome, ParallelOverrides, RunStart, TrainControl, TrainRequest,
 };
-use kdlab_engine::session::RunDir;
 use kdlab_engine::session::fetch::Download;
+use kdlab_engine::session::{MetricsLine, RunDir};
 
 const LOG_LINES: usize = 500;
 const TRAIN_COLOUR: egui::Color32 = egui::Color32::from_rgb(230, 120, 60);
@@ -159,24 +159,7 @@ impl RunProgress {
                 self.step = start_step;
                 self.timing = Some((Instant::now(), start_step));
             }
-            Event::Step(line) => {
-                self.step = line.step;
-                self.epoch = line.epoch;
-                let x = line.step as f64;
-                if let Some(loss) = line.loss {
-                    self.loss.push([x, loss]);
-                }
-                if let Some(lr) = line.lr {
-                    self.lr.push([x, lr]);
-                }
-                if let Some(v) = line.target_var {
-                    self.target_var.push([x, v]);
-                }
-                if let Some(v) = line.pred_var {
-                    self.pred_var.push([x, v]);
-                }
-                self.img_per_s = line.img_per_s.or(self.img_per_s);
-            }
+            Event::Step(line) => self.add_step(&line),
             Event::Validation {
                 step,
                 epoch,
@@ -202,6 +185,48 @@ impl RunProgress {
                 self.say(format!("paused after step {step}"));
             }
             Event::Continued => self.say("continued".into()),
+        }
+    }
+
+    /// A training line's values on the curves (validation comes as its own event).
+    fn add_step(&mut self, line: &MetricsLine) {
+        self.step = line.step;
+        self.epoch = line.epoch;
+        let x = line.step as f64;
+        if let Some(loss) = line.loss {
+            self.loss.push([x, loss]);
+        }
+        if let Some(lr) = line.lr {
+            self.lr.push([x, lr]);
+        }
+        if let Some(v) = line.target_var {
+            self.target_var.push([x, v]);
+        }
+        if let Some(v) = line.pred_var {
+            self.pred_var.push([x, v]);
+        }
+        self.img_per_s = line.img_per_s.or(self.img_per_s);
+    }
+
+    /// A line of a run's `metrics.jsonl` (a run followed from its folder): the same curves its
+    /// own events draw.
+    pub fn add_metrics(&mut self, line: &MetricsLine) {
+        self.add_step(line);
+        if let Some(val_loss) = line.val_loss {
+            self.val_loss.push([line.step as f64, val_loss]);
+        }
+    }
+
+    /// The curves start over (the followed file was cut back or removed).
+    pub fn clear_curves(&mut self) {
+        for curve in [
+            &mut self.loss,
+            &mut self.val_loss,
+            &mut self.lr,
+            &mut self.target_var,
+            &mut self.pred_var,
+        ] {
+            curve.clear();
         }
     }
 
@@ -332,9 +357,9 @@ impl RunPanel {
         self.download_ui(ui);
         self.status_ui(ui);
         ui.separator();
-        self.plots_ui(ui);
+        plots_ui(ui, &self.progress);
         ui.separator();
-        self.log_ui(ui);
+        log_ui(ui, &self.progress.log);
         if self.is_active() {
             // Keep the ETA ticking between messages.
             ui.ctx().request_repaint_after(Duration::from_millis(500));
@@ -517,65 +542,67 @@ impl RunPanel {
             ui.add(egui::ProgressBar::new(p.step as f32 / p.total_steps as f32).show_percentage());
         }
     }
+}
 
-    fn plots_ui(&self, ui: &mut egui::Ui) {
-        let p = &self.progress;
-        let height = (ui.available_height() * 0.6).clamp(120.0, 320.0);
-        ui.columns(3, |columns| {
-            columns[0].label("KD loss (train, validation)");
-            Plot::new("loss")
-                .height(height)
-                .legend(Legend::default())
-                .x_axis_label("step")
-                .show(&mut columns[0], |plot| {
-                    let train = PlotPoints::from(p.loss.clone());
-                    let val = || PlotPoints::from(p.val_loss.clone());
-                    plot.line(Line::new("train", train).color(TRAIN_COLOUR));
-                    plot.line(Line::new("validation", val()).color(VAL_COLOUR));
-                    plot.points(
-                        Points::new("validation", val())
-                            .color(VAL_COLOUR)
-                            .radius(3.0),
+/// The loss, learning-rate and collapse-watch curves of a run (the Run panel's, and a run
+/// followed in Runs).
+pub(crate) fn plots_ui(ui: &mut egui::Ui, p: &RunProgress) {
+    let height = (ui.available_height() * 0.6).clamp(120.0, 320.0);
+    ui.columns(3, |columns| {
+        columns[0].label("KD loss (train, validation)");
+        Plot::new("loss")
+            .height(height)
+            .legend(Legend::default())
+            .x_axis_label("step")
+            .show(&mut columns[0], |plot| {
+                let train = PlotPoints::from(p.loss.clone());
+                let val = || PlotPoints::from(p.val_loss.clone());
+                plot.line(Line::new("train", train).color(TRAIN_COLOUR));
+                plot.line(Line::new("validation", val()).color(VAL_COLOUR));
+                plot.points(
+                    Points::new("validation", val())
+                        .color(VAL_COLOUR)
+                        .radius(3.0),
+                );
+            });
+        columns[1].label("learning rate");
+        Plot::new("lr")
+            .height(height)
+            .x_axis_label("step")
+            .show(&mut columns[1], |plot| {
+                plot.line(Line::new("lr", PlotPoints::from(p.lr.clone())).color(TRAIN_COLOUR));
+            });
+        columns[2].label("collapse watch (target_var, pred_var)");
+        Plot::new("spread")
+            .height(height)
+            .legend(Legend::default())
+            .x_axis_label("step")
+            .show(&mut columns[2], |plot| {
+                let target = PlotPoints::from(p.target_var.clone());
+                let prediction = PlotPoints::from(p.pred_var.clone());
+                plot.line(Line::new("target_var", target).color(VAL_COLOUR));
+                plot.line(Line::new("pred_var", prediction).color(TRAIN_COLOUR));
+                if let Some(floor) = p.pred_var_floor {
+                    plot.hline(
+                        HLine::new("collapse.min_pred_var", floor)
+                            .color(egui::Color32::from_rgb(200, 60, 60)),
                     );
-                });
-            columns[1].label("learning rate");
-            Plot::new("lr")
-                .height(height)
-                .x_axis_label("step")
-                .show(&mut columns[1], |plot| {
-                    plot.line(Line::new("lr", PlotPoints::from(p.lr.clone())).color(TRAIN_COLOUR));
-                });
-            columns[2].label("collapse watch (target_var, pred_var)");
-            Plot::new("spread")
-                .height(height)
-                .legend(Legend::default())
-                .x_axis_label("step")
-                .show(&mut columns[2], |plot| {
-                    let target = PlotPoints::from(p.target_var.clone());
-                    let prediction = PlotPoints::from(p.pred_var.clone());
-                    plot.line(Line::new("target_var", target).color(VAL_COLOUR));
-                    plot.line(Line::new("pred_var", prediction).color(TRAIN_COLOUR));
-                    if let Some(floor) = p.pred_var_floor {
-                        plot.hline(
-                            HLine::new("collapse.min_pred_var", floor)
-                                .color(egui::Color32::from_rgb(200, 60, 60)),
-                        );
-                    }
-                });
-        });
-    }
-
-    fn log_ui(&self, ui: &mut egui::Ui) {
-        ui.label("Log");
-        egui::ScrollArea::vertical()
-            .stick_to_bottom(true)
-            .auto_shrink([false, false])
-            .show(ui, |ui| {
-                for line in &self.progress.log {
-                    ui.monospace(line);
                 }
             });
-    }
+    });
+}
+
+/// A run's log, its end in view.
+pub(crate) fn log_ui(ui: &mut egui::Ui, log: &VecDeque<String>) {
+    ui.label("Log");
+    egui::ScrollArea::vertical()
+        .stick_to_bottom(true)
+        .auto_shrink([false, false])
+        .show(ui, |ui| {
+            for line in log {
+                ui.monospace(line);
+            }
+        });
 }
 
 /// Bytes as MB with one decimal (the hub's and the browsers' unit: 10^6).

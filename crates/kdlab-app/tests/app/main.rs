@@ -2,4 +2,5 @@
 //! the PNG snapshots in tests/snapshots/.
 
 mod panels;
+mod runs;
 mod setup;

@@ -17,23 +17,23 @@ use kdlab_engine::config::RunConfig;
 use kdlab_engine::distill::{RunStart, TrainControl, TrainRequest};
 use kdlab_engine::session::Session;
 
-const DEVICES: [&str; 3] = ["cuda: none", "wgpu: (test)", "cpu (flex)"];
+pub(crate) const DEVICES: [&str; 3] = ["cuda: none", "wgpu: (test)", "cpu (flex)"];
 
 /// The app's paths (the demo config, `runs`) are the repository root's, as a user starting
 /// `kdlab` there has them; cargo runs this crate's tests in crates/kdlab-app. Every test sets
 /// the same directory, so the order they run in does not matter.
-fn at_repo_root() {
+pub(crate) fn at_repo_root() {
     std::env::set_current_dir(common::repo_root()).unwrap();
 }
 
 /// The app's snapshots, beside its crate (the tests run from the repository root).
-fn snapshot(harness: &mut Harness<'_, KdlabApp>, name: &str) {
+pub(crate) fn snapshot(harness: &mut Harness<'_, KdlabApp>, name: &str) {
     let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
     harness.snapshot_options(name, &SnapshotOptions::new().output_path(folder));
 }
 
 /// The demo config as the app opens it from the repository root.
-fn demo_app(runs_dir: &Path) -> KdlabApp {
+pub(crate) fn demo_app(runs_dir: &Path) -> KdlabApp {
     at_repo_root();
     let mut app = KdlabApp::open(Some(Path::new("configs/demo.ron")))
         .with_detected_devices(DEVICES.iter().map(|d| d.to_string()).collect());
@@ -42,7 +42,7 @@ fn demo_app(runs_dir: &Path) -> KdlabApp {
     app
 }
 
-fn harness(app: KdlabApp) -> Harness<'static, KdlabApp> {
+pub(crate) fn harness(app: KdlabApp) -> Harness<'static, KdlabApp> {
     Harness::builder()
         .with_size([1280.0, 800.0])
         .wgpu()
@@ -50,7 +50,7 @@ fn harness(app: KdlabApp) -> Harness<'static, KdlabApp> {
 }
 
 /// Steps the UI (workers wake it) until `done` or the timeout.
-fn step_until(
+pub(crate) fn step_until(
     harness: &mut Harness<'_, KdlabApp>,
     timeout: Duration,
     done: impl Fn(&KdlabApp) -> bool,

@@ -106,7 +106,14 @@ pub fn summarize(dir: &Path) -> RunSummary {
             .push("not a kdlab run: no config.ron, metrics.jsonl or status.json".into());
         return summary;
     }
-    match run.read_config() {
+    // Parsed, not checked: a run's models are worth showing even where its data folder is gone.
+    let config = std::fs::read_to_string(run.config_file())
+        .map_err(|e| format!("config.ron: {e}"))
+        .and_then(|text| {
+            ron::from_str::<crate::config::RunConfig>(&text)
+                .map_err(|e| format!("config.ron:{}: {}", e.span.start.line, e.code))
+        });
+    match config {
         Ok(config) => {
             // A hub name as written; a path by its file name.
             let model = |weights: &Option<PathBuf>| {
@@ -123,7 +130,7 @@ pub fn summarize(dir: &Path) -> RunSummary {
             summary.teacher = model(&config.teacher.weights);
             summary.student = model(&config.student.weights);
         }
-        Err(e) if run.config_file().exists() => summary.problems.push(e.to_string()),
+        Err(e) if run.config_file().exists() => summary.problems.push(e),
         Err(_) => summary.problems.push("no config.ron".into()),
     }
     let (lines, bad) = read_metrics_leniently(&run.metrics_file());

@@ -17,7 +17,6 @@ runs=runs
 # 2. A complete demo run, headless (the newest run, so Inspect opens it), then Inspect.
 "$bin" --no-gui --backend cpu train --config configs/demo.ron --runs-dir "$runs"
 run=$(ls -td "$runs"/demo-* | head -1)
-"$shot" docs/runs.png 8 -- "$bin" --backend cpu app --tab runs --runs-dir "$runs"
 "$shot" docs/inspect.png 12 -- "$bin" --backend cpu app --tab inspect
 "$shot" docs/inspect-pca.png 12 -- "$bin" --backend cpu app --tab inspect --view pca
 "$shot" docs/inspect-timeline.png 8 -- "$bin" --backend cpu app --tab inspect --view timeline
@@ -45,7 +44,11 @@ for method in knn linear; do
 done
 "$shot" docs/evaluate.png 8 -- "$bin" --backend cpu app --tab evaluate
 
-# 4. The same pictures from the command line.
+# 4. Runs: the complete run beside a second one stopped at 40 steps (the newest, followed).
+"$bin" --no-gui --backend cpu train --config configs/demo.ron --runs-dir "$runs" --max-steps 40
+"$shot" docs/runs.png 8 -- "$bin" --backend cpu app --tab runs --runs-dir "$runs"
+
+# 5. The same pictures from the command line.
 rm -rf docs/heatmap
 "$bin" --no-gui --backend cpu heatmap --config configs/demo.ron --checkpoint "$run" \
   --image assets/chelsea.jpg assets/astronaut.jpg --out docs/heatmap

@@ -103,7 +103,18 @@ fn the_runs_folder_is_listed_as_it_is_and_a_run_opens_with_its_curves() {
     assert!(!listed[2].is_run);
     assert_eq!(listed[3].state, RunState::Unknown);
     harness.get_by_label_contains("not a kdlab run");
-    harness.get_by_label_contains("failed: the loss became NaN by step 24");
+    // The newest run is followed at once: its whole error above its curves, cut in the list.
+    assert_eq!(
+        harness.state().runs.selected.as_deref(),
+        Some(runs.join("distil-20261202-090000").as_path())
+    );
+    harness.get_by_label_contains("good checkpoint is kept.");
+    assert_eq!(
+        harness
+            .get_all_by_label_contains("failed: the loss became NaN by step 24")
+            .count(),
+        2
+    );
     harness.get_by_label_contains("1 line(s) of metrics.jsonl are not metrics lines");
 
     harness.get_by_label("distil-20261201-101500").click();

@@ -115,9 +115,9 @@ pub fn summarize(dir: &Path) -> RunSummary {
         });
     match config {
         Ok(config) => {
-            // A hub name as written; a path by its file name.
+            // A hub name as written; a path by its file name; no weights: a random model.
             let model = |weights: &Option<PathBuf>| {
-                weights.as_ref().map(|w| {
+                let named = weights.as_ref().map(|w| {
                     let text = w.to_string_lossy();
                     match w.file_name() {
                         Some(file) if !text.starts_with("hf:") => {
@@ -125,7 +125,8 @@ pub fn summarize(dir: &Path) -> RunSummary {
                         }
                         _ => text.into_owned(),
                     }
-                })
+                });
+                Some(named.unwrap_or_else(|| "random".into()))
             };
             summary.teacher = model(&config.teacher.weights);
             summary.student = model(&config.student.weights);

@@ -9,6 +9,16 @@ use burn::backend::Flex;
 use kdlab_engine::distill::checkpoint::load_training_state;
 use kdlab_model::optim::GradScaler;
 
+/// The tiny config with 1000 epochs: a run that goes on until it is stopped.
+fn endless_config(dir: &Path) -> PathBuf {
+    let config = tiny_config(dir, &assets(), "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("epochs: 4", "epochs: 1000");
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
 fn student_weights(run: &Path) -> Vec<(String, Vec<usize>, Vec<u8>, safetensors::Dtype)> {
     raw_tensors(&run.join("checkpoints/last.safetensors"))
 }
@@ -228,11 +238,7 @@ fn a_headless_run_is_followed_live_and_no_second_process_writes_it() {
     use kdlab_engine::session::run_status::RunStatus;
     use kdlab_engine::session::runs::{MetricsTail, Poll, RunState, summarize};
     let dir = tempfile::tempdir().unwrap();
-    let config = tiny_config(dir.path(), &assets(), "");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("epochs: 4", "epochs: 1000");
-    std::fs::write(&config, text).unwrap();
+    let config = endless_config(dir.path());
     let runs = dir.path().join("runs");
     let mut child = train_command(&config, &runs)
         .stdout(Stdio::null())
@@ -347,11 +353,7 @@ fn sigterm_saves_a_loadable_checkpoint() {
 
 fn interrupt_saves_a_loadable_checkpoint(signal: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let config = tiny_config(dir.path(), &assets(), "");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("epochs: 4", "epochs: 1000");
-    std::fs::write(&config, text).unwrap();
+    let config = endless_config(dir.path());
     let runs = dir.path().join("runs");
     let child = train_command(&config, &runs)
         .stdout(Stdio::null())

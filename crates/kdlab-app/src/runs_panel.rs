@@ -15,8 +15,10 @@ use super::runs_watch::{RunsWatch, Update};
 #[derive(Default)]
 pub struct RunsPanel {
     pub runs: Vec<RunSummary>,
-    /// Why the folder cannot be listed (it does not exist yet, …).
+    /// Why the folder cannot be listed (not a folder, no permission, …).
     pub listing_error: Option<String>,
+    /// Whether the worker has listed the folder yet (until then the list is not "empty").
+    pub listed: bool,
     pub selected: Option<PathBuf>,
     /// The selected run's curves and log, from its files.
     pub followed: RunProgress,
@@ -33,12 +35,14 @@ impl RunsPanel {
             }));
             self.runs.clear();
             self.listing_error = None;
+            self.listed = false;
             self.select(None);
         }
         let Some(watch) = &self.watch else { return };
         for update in watch.drain() {
             match update {
                 Update::Listing(Ok(runs)) => {
+                    self.listed = true;
                     self.runs = runs;
                     self.listing_error = None;
                     // Opened on a folder: the newest run is followed at once (a headless run
@@ -55,6 +59,7 @@ impl RunsPanel {
                     }
                 }
                 Update::Listing(Err(error)) => {
+                    self.listed = true;
                     self.runs.clear();
                     self.listing_error = Some(error);
                 }
@@ -150,7 +155,7 @@ impl RunsPanel {
                             }
                         }
                     });
-                if self.runs.is_empty() && self.listing_error.is_none() {
+                if self.listed && self.runs.is_empty() && self.listing_error.is_none() {
                     ui.weak(
                         "no runs yet: start one in Run, or point the runs folder at a server's",
                     );
@@ -208,6 +213,7 @@ fn describe(state: &RunState) -> (String, Tone) {
     match state {
         RunState::Running { pid, host } => (
             match (pid, host) {
+                (Some(pid), _) if *pid == std::process::id() => "running in this app".into(),
                 (Some(pid), Some(host)) => format!("running (process {pid} on {host})"),
                 _ => "running".into(),
             },

@@ -65,8 +65,12 @@ fn watch(
     let mut followed: Option<(PathBuf, MetricsTail, Option<u64>)> = None;
     loop {
         let mut changed = false;
-        let listing = list_runs(&runs_dir)
-            .map_err(|e| format!("cannot list the runs folder {}: {e}", runs_dir.display()));
+        let listing = match list_runs(&runs_dir) {
+            // No runs yet: the folder appears with the first one.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            other => other
+                .map_err(|e| format!("cannot list the runs folder {}: {e}", runs_dir.display())),
+        };
         if last_listing.as_ref() != Some(&listing) {
             last_listing = Some(listing.clone());
             changed |= send.send(Update::Listing(listing)).is_ok();

@@ -130,14 +130,18 @@ fn the_runs_folder_is_listed_as_it_is_and_a_run_opens_with_its_curves() {
 #[test]
 fn a_run_written_elsewhere_is_followed_live_until_it_ends() {
     let runs = tempfile::tempdir().unwrap();
-    let mut app = demo_app(runs.path());
+    // A runs folder that does not exist yet is no error: the first run makes it.
+    let mut app = demo_app(&runs.path().join("runs"));
     let mut config = app.setup.config.clone();
     config.log_every = 1;
     config.optim.max_steps = Some(12);
     app.tab = Tab::Runs;
     let mut harness = harness(app);
     harness.run();
-    let runs_dir = runs.path().to_path_buf();
+    step_until(&mut harness, Duration::from_secs(10), |app| app.runs.listed);
+    assert_eq!(harness.state().runs.listing_error, None);
+    harness.get_by_label_contains("no runs yet");
+    let runs_dir = runs.path().join("runs");
     let trainer = std::thread::spawn(move || {
         let session = Session::open(BackendChoice::Cpu).unwrap();
         let request = TrainRequest {
@@ -155,6 +159,8 @@ fn a_run_written_elsewhere_is_followed_live_until_it_ends() {
             .first()
             .is_some_and(|r| matches!(r.state, RunState::Running { .. }))
     });
+    // Trained by this process (another thread): said so.
+    assert!(harness.get_all_by_label("running in this app").count() >= 1);
     let run = harness.state().runs.runs[0].dir.clone();
     harness.state_mut().runs.select(Some(run));
     step_until(&mut harness, Duration::from_secs(120), |app| {

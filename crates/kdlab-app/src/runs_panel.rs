@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use kdlab_engine::session::run_status::RunStatus;
-use kdlab_engine::session::runs::{Poll, RunState, RunSummary};
+use kdlab_engine::session::runs::{Poll, RunState, RunSummary, differences};
 
 use super::run_panel::{RunProgress, log_ui, plots_ui};
 use super::runs_watch::{RunsWatch, Update};
@@ -15,6 +15,8 @@ use super::runs_watch::{RunsWatch, Update};
 #[derive(Default)]
 pub struct RunsPanel {
     pub runs: Vec<RunSummary>,
+    /// Per run, the settings that set it apart from the others (`runs::differences`).
+    pub differences: Vec<Vec<String>>,
     /// Why the folder cannot be listed (not a folder, no permission, …).
     pub listing_error: Option<String>,
     /// Whether the worker has listed the folder yet (until then the list is not "empty").
@@ -43,6 +45,7 @@ impl RunsPanel {
             match update {
                 Update::Listing(Ok(runs)) => {
                     self.listed = true;
+                    self.differences = differences(&runs);
                     self.runs = runs;
                     self.listing_error = None;
                     // Opened on a folder: the newest run is followed at once (a headless run
@@ -111,7 +114,7 @@ impl RunsPanel {
             .show(ui, |ui| {
                 egui::Grid::new("runs")
                     .striped(true)
-                    .num_columns(9)
+                    .num_columns(10)
                     .show(ui, |ui| {
                         for header in [
                             "run",
@@ -121,18 +124,19 @@ impl RunsPanel {
                             "loss",
                             "val loss",
                             "started (UTC)",
+                            "differs in",
                             "teacher",
                             "student",
                         ] {
                             ui.strong(header);
                         }
                         ui.end_row();
-                        for run in &self.runs {
+                        for (i, run) in self.runs.iter().enumerate() {
                             let selected = self.selected.as_ref() == Some(&run.dir);
                             if ui.selectable_label(selected, &run.name).clicked() && run.is_run {
                                 clicked = Some(run.dir.clone());
                             }
-                            state_ui(ui, run, Some(60));
+                            state_ui(ui, run, Some(36));
                             let number =
                                 |v: Option<usize>| v.map_or("–".into(), |v| v.to_string());
                             ui.label(number(run.step));
@@ -142,6 +146,14 @@ impl RunsPanel {
                             ui.label(figure(run.loss));
                             ui.label(figure(run.val_loss));
                             ui.label(run.started.as_deref().map_or("–".into(), readable_stamp));
+                            let differs = self.differences.get(i).map_or(&[][..], |d| &d[..]);
+                            let shown: Vec<&str> =
+                                differs.iter().take(3).map(String::as_str).collect();
+                            let text = match differs.len().saturating_sub(3) {
+                                0 => shown.join(", "),
+                                more => format!("{}, and {more} more", shown.join(", ")),
+                            };
+                            ui.label(text).on_hover_text(differs.join("\n"));
                             ui.label(run.teacher.as_deref().unwrap_or("–"));
                             ui.label(run.student.as_deref().unwrap_or("–"));
                             ui.end_row();

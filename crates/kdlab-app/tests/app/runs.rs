@@ -16,8 +16,8 @@ use kdlab_engine::session::runs::RunState;
 
 use super::panels::{demo_app, harness, snapshot, step_until};
 
-/// A run folder as kdlab writes it; `status` is its status.json.
-fn write_run(dir: &Path, metrics: &[(usize, f64, Option<f64>)], status: &str) {
+/// A run folder as kdlab writes it, trained at `base_lr`; `status` is its status.json.
+fn write_run(dir: &Path, base_lr: f64, metrics: &[(usize, f64, Option<f64>)], status: &str) {
     std::fs::create_dir_all(dir).unwrap();
     let config = RunConfig {
         name: "distil".into(),
@@ -26,6 +26,7 @@ fn write_run(dir: &Path, metrics: &[(usize, f64, Option<f64>)], status: &str) {
     let mut config = config;
     config.teacher.weights = Some("beitv2_base_patch16_224_pt1k".into());
     config.student.weights = Some("data2vec2_base_imagenet".into());
+    config.optim.base_lr = base_lr;
     std::fs::write(dir.join("config.ron"), config.to_ron().unwrap()).unwrap();
     let lines: String = metrics
         .iter()
@@ -49,6 +50,7 @@ fn the_runs_folder_is_listed_as_it_is_and_a_run_opens_with_its_curves() {
     let _ = std::fs::remove_dir_all(&runs);
     write_run(
         &runs.join("distil-20261201-101500"),
+        5e-4,
         &[
             (10, 0.91, None),
             (20, 0.62, Some(0.60)),
@@ -60,6 +62,7 @@ fn the_runs_folder_is_listed_as_it_is_and_a_run_opens_with_its_curves() {
     );
     write_run(
         &runs.join("distil-20261202-090000"),
+        1e-3,
         &[(10, 0.95, None), (20, 3.1, None)],
         r#"{"state": "failed", "at": "20261202-091000", "message": "the loss became NaN by step 24 (epoch 1); the run stopped and the last good checkpoint is kept."}"#,
     );
@@ -101,6 +104,16 @@ fn the_runs_folder_is_listed_as_it_is_and_a_run_opens_with_its_curves() {
         ]
     );
     assert!(!listed[2].is_run);
+    // What sets the two runs apart; the others have no readable config.
+    assert_eq!(
+        harness.state().runs.differences,
+        [
+            vec!["optim.base_lr = 0.0005".to_string()],
+            vec!["optim.base_lr = 0.001".to_string()],
+            vec![],
+            vec![]
+        ]
+    );
     assert_eq!(listed[3].state, RunState::Unknown);
     harness.get_by_label_contains("not a kdlab run");
     // The newest run is followed at once: its whole error above its curves, cut in the list.
@@ -111,7 +124,7 @@ fn the_runs_folder_is_listed_as_it_is_and_a_run_opens_with_its_curves() {
     harness.get_by_label_contains("good checkpoint is kept.");
     assert_eq!(
         harness
-            .get_all_by_label_contains("failed: the loss became NaN by step 24")
+            .get_all_by_label_contains("failed: the loss became NaN")
             .count(),
         2
     );

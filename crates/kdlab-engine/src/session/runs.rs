@@ -6,6 +6,7 @@
 //! something else entirely) left: a half-written line, a missing file, a broken config are facts
 //! to show, never errors that hide the rest.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -56,6 +57,9 @@ pub struct RunSummary {
     /// The models, as the config names them (a path's file name, or a hub name).
     pub teacher: Option<String>,
     pub student: Option<String>,
+    /// Every field of its config, flattened (`optim.base_lr` → `0.0005`), for telling runs apart
+    /// (`differences`); empty when the config cannot be read.
+    pub settings: BTreeMap<String, String>,
     /// Whether the folder is a kdlab run at all (foreign folders are listed, with why not).
     pub is_run: bool,
     /// What is wrong with the folder (a broken config, unreadable metrics lines, not a run).
@@ -95,6 +99,7 @@ pub fn summarize(dir: &Path) -> RunSummary {
         started: None,
         teacher: None,
         student: None,
+        settings: BTreeMap::new(),
         is_run: true,
         problems: Vec::new(),
     };
@@ -130,6 +135,9 @@ pub fn summarize(dir: &Path) -> RunSummary {
             };
             summary.teacher = model(&config.teacher.weights);
             summary.student = model(&config.student.weights);
+            if let Ok(json) = serde_json::to_value(&config) {
+                flatten(&json, String::new(), &mut summary.settings);
+            }
         }
         Err(e) if run.config_file().exists() => summary.problems.push(e),
         Err(_) => summary.problems.push("no config.ron".into()),
@@ -151,6 +159,64 @@ pub fn summarize(dir: &Path) -> RunSummary {
     };
     summary.state = state_of(&run, status);
     summary
+}
+
+/// Fields that tell nothing about the experiment: the run's own name, and what the download of
+/// a named model recorded.
+const NOT_SETTINGS: [&str; 3] = ["name", "teacher.fetched", "student.fetched"];
+
+fn flatten(value: &serde_json::Value, path: String, out: &mut BTreeMap<String, String>) {
+    if NOT_SETTINGS
+        .iter()
+        .any(|skip| path == *skip || path.starts_with(&format!("{skip}.")))
+    {
+        return;
+    }
+    match value {
+        serde_json::Value::Object(fields) => {
+            for (key, field) in fields {
+                let path = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                flatten(field, path, out);
+            }
+        }
+        serde_json::Value::String(text) => {
+            out.insert(path, text.clone());
+        }
+        other => {
+            out.insert(path, other.to_string());
+        }
+    }
+}
+
+/// For each run, the settings in which the runs with a readable config do not all agree, as
+/// `field = value` (the fields every run shares are left out): what sets a run apart.
+pub fn differences(runs: &[RunSummary]) -> Vec<Vec<String>> {
+    let configured: Vec<&RunSummary> = runs.iter().filter(|r| !r.settings.is_empty()).collect();
+    let fields: std::collections::BTreeSet<&String> =
+        configured.iter().flat_map(|r| r.settings.keys()).collect();
+    let differing: Vec<&String> = fields
+        .into_iter()
+        .filter(|field| {
+            let first = configured[0].settings.get(*field);
+            configured.iter().any(|r| r.settings.get(*field) != first)
+        })
+        .collect();
+    runs.iter()
+        .map(|run| match run.settings.is_empty() {
+            true => Vec::new(),
+            false => differing
+                .iter()
+                .map(|field| {
+                    let value = run.settings.get(*field).map_or("–", String::as_str);
+                    format!("{field} = {value}")
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// The state from the lock, the status and how recently the folder changed.
@@ -395,6 +461,51 @@ mod tests {
         );
         assert_eq!(tiny.problems.len(), 2, "{:?}", tiny.problems);
         assert!(tiny.problems[1].starts_with("1 line(s) of metrics.jsonl"));
+    }
+
+    #[test]
+    fn what_sets_runs_apart_is_the_settings_they_do_not_share() {
+        let run = |pairs: &[(&str, &str)]| RunSummary {
+            dir: PathBuf::new(),
+            name: String::new(),
+            state: RunState::Unknown,
+            step: None,
+            epoch: None,
+            loss: None,
+            val_loss: None,
+            started: None,
+            teacher: None,
+            student: None,
+            settings: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            is_run: true,
+            problems: Vec::new(),
+        };
+        let runs = [
+            run(&[("optim.base_lr", "0.0005"), ("seed", "42")]),
+            run(&[("optim.base_lr", "0.001"), ("seed", "42")]),
+            run(&[]),
+        ];
+        assert_eq!(
+            differences(&runs),
+            [
+                vec!["optim.base_lr = 0.0005".to_string()],
+                vec!["optim.base_lr = 0.001".to_string()],
+                vec![],
+            ]
+        );
+        let mut flat = BTreeMap::new();
+        let json = serde_json::json!({"name": "a", "optim": {"base_lr": 0.001}, "teacher": {"fetched": {"x": 1}, "weights": "w"}});
+        flatten(&json, String::new(), &mut flat);
+        assert_eq!(
+            flat.into_iter().collect::<Vec<_>>(),
+            [
+                ("optim.base_lr".to_string(), "0.001".to_string()),
+                ("teacher.weights".to_string(), "w".to_string())
+            ]
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use kdlab_engine::session::RunDir;
-use kdlab_engine::session::runs::{MetricsTail, Poll, RunSummary, list_runs};
+use kdlab_engine::session::runs::{MetricsTail, Poll, RunSummary, RunsFolder};
 
 const EVERY: Duration = Duration::from_secs(1);
 /// The end of a followed run's log that is shown.
@@ -61,11 +61,12 @@ fn watch(
     send: Sender<Update>,
     wake: impl Fn(),
 ) {
+    let mut folder = RunsFolder::default();
     let mut last_listing = None;
     let mut followed: Option<(PathBuf, MetricsTail, Option<u64>)> = None;
     loop {
         let mut changed = false;
-        let listing = match list_runs(&runs_dir) {
+        let listing = match folder.list(&runs_dir) {
             // No runs yet: the folder appears with the first one.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             other => other

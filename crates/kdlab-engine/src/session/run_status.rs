@@ -100,7 +100,7 @@ impl RunLease {
         };
         lease.record(&RunStatus::Running {
             pid: std::process::id(),
-            host: hostname(),
+            host: super::tensorboard::hostname(),
             since: utc_timestamp(),
         })?;
         Ok(lease)
@@ -136,17 +136,6 @@ pub fn is_locked(run: &RunDir) -> Option<bool> {
         Err(std::fs::TryLockError::WouldBlock) => Some(true),
         Err(std::fs::TryLockError::Error(_)) => None,
     }
-}
-
-/// This machine's name, for a reader elsewhere to tell whose process writes the run.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .or_else(|| std::env::var("COMPUTERNAME").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "this machine".into())
 }
 
 #[cfg(test)]

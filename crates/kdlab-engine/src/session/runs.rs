@@ -51,8 +51,8 @@ pub struct RunSummary {
     pub epoch: Option<usize>,
     pub loss: Option<f64>,
     pub val_loss: Option<f64>,
-    /// When the run started (its folder's UTC stamp, `status.json`'s `since`, or the config's
-    /// time), as `YYYYMMDD-HHMMSS`.
+    /// When the run started (`status.json`'s `since` while it runs, else its folder's UTC
+    /// stamp), as `YYYYMMDD-HHMMSS`.
     pub started: Option<String>,
     /// The models, as the config names them (a path's file name, or a hub name).
     pub teacher: Option<String>,
@@ -66,8 +66,32 @@ pub struct RunSummary {
     pub problems: Vec<String>,
 }
 
-/// Every folder in `runs_dir`, summarised, by name. A folder that is no run is listed with why.
-pub fn list_runs(runs_dir: &Path) -> std::io::Result<Vec<RunSummary>> {
+impl RunSummary {
+    /// A folder before anything in it was read: named after it, nothing known.
+    pub fn of_folder(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            name: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            state: RunState::Unknown,
+            step: None,
+            epoch: None,
+            loss: None,
+            val_loss: None,
+            started: None,
+            teacher: None,
+            student: None,
+            settings: BTreeMap::new(),
+            is_run: true,
+            problems: Vec::new(),
+        }
+    }
+}
+
+/// The folders of `runs_dir` (hidden ones left out), by name.
+fn run_folders(runs_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(runs_dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir())
@@ -78,31 +102,73 @@ pub fn list_runs(runs_dir: &Path) -> std::io::Result<Vec<RunSummary>> {
         })
         .collect();
     dirs.sort();
-    Ok(dirs.iter().map(|d| summarize(d)).collect())
+    Ok(dirs)
+}
+
+/// Every folder in `runs_dir`, summarised, by name. A folder that is no run is listed with why.
+pub fn list_runs(runs_dir: &Path) -> std::io::Result<Vec<RunSummary>> {
+    Ok(run_folders(runs_dir)?
+        .iter()
+        .map(|d| summarize(d))
+        .collect())
+}
+
+/// A runs folder listed again and again (the app's Runs panel, once a second): a run whose
+/// files did not change since the last listing and that has ended is not read again — only the
+/// live ones are (their state depends on the clock and the lock), and the new or changed ones.
+#[derive(Debug, Default)]
+pub struct RunsFolder {
+    known: std::collections::HashMap<PathBuf, (FilesStamp, RunSummary)>,
+}
+
+/// The size and time of each file a summary reads (`None`: not there).
+type FilesStamp = Vec<Option<(u64, SystemTime)>>;
+
+impl RunsFolder {
+    pub fn list(&mut self, runs_dir: &Path) -> std::io::Result<Vec<RunSummary>> {
+        let dirs = run_folders(runs_dir)?;
+        self.known.retain(|dir, _| dirs.contains(dir));
+        Ok(dirs
+            .into_iter()
+            .map(|dir| {
+                let stamp = files_stamp(&dir);
+                match self.known.get(&dir) {
+                    Some((known, summary))
+                        if *known == stamp && matches!(summary.state, RunState::Ended(_)) =>
+                    {
+                        summary.clone()
+                    }
+                    _ => {
+                        let summary = summarize(&dir);
+                        self.known.insert(dir, (stamp, summary.clone()));
+                        summary
+                    }
+                }
+            })
+            .collect())
+    }
+}
+
+fn files_stamp(dir: &Path) -> FilesStamp {
+    let run = RunDir::at(dir);
+    [
+        run.config_file(),
+        run.metrics_file(),
+        run.log_file(),
+        dir.join(run_status::STATUS),
+    ]
+    .iter()
+    .map(|p| {
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.len(), m.modified().ok()?))
+    })
+    .collect()
 }
 
 /// One run folder as it is now.
 pub fn summarize(dir: &Path) -> RunSummary {
     let run = RunDir::at(dir);
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut summary = RunSummary {
-        dir: dir.to_path_buf(),
-        name,
-        state: RunState::Unknown,
-        step: None,
-        epoch: None,
-        loss: None,
-        val_loss: None,
-        started: None,
-        teacher: None,
-        student: None,
-        settings: BTreeMap::new(),
-        is_run: true,
-        problems: Vec::new(),
-    };
+    let mut summary = RunSummary::of_folder(dir);
     let has = |p: PathBuf| p.is_file();
     if !has(run.config_file()) && !has(run.metrics_file()) && !has(dir.join(run_status::STATUS)) {
         summary.is_run = false;
@@ -225,12 +291,13 @@ fn state_of(run: &RunDir, status: Option<RunStatus>) -> RunState {
     let ago = last_change(run).map(|t| t.as_secs());
     let recent = ago.is_some_and(|a| a < ACTIVE_WITHIN.as_secs());
     match status {
-        _ if locked => match status_running(run) {
-            Some((pid, host)) => RunState::Running {
+        // The lock says a process writes it; status.json says which (when it got that far).
+        _ if locked => match status {
+            Some(RunStatus::Running { pid, host, .. }) => RunState::Running {
                 pid: Some(pid),
                 host: Some(host),
             },
-            None => RunState::Running {
+            _ => RunState::Running {
                 pid: None,
                 host: None,
             },
@@ -245,13 +312,6 @@ fn state_of(run: &RunDir, status: Option<RunStatus>) -> RunState {
             ago: ago.unwrap_or(0),
         },
         None => RunState::Unknown,
-    }
-}
-
-fn status_running(run: &RunDir) -> Option<(u32, String)> {
-    match run_status::read_status(run)? {
-        RunStatus::Running { pid, host, .. } => Some((pid, host)),
-        _ => None,
     }
 }
 
@@ -466,22 +526,11 @@ mod tests {
     #[test]
     fn what_sets_runs_apart_is_the_settings_they_do_not_share() {
         let run = |pairs: &[(&str, &str)]| RunSummary {
-            dir: PathBuf::new(),
-            name: String::new(),
-            state: RunState::Unknown,
-            step: None,
-            epoch: None,
-            loss: None,
-            val_loss: None,
-            started: None,
-            teacher: None,
-            student: None,
             settings: pairs
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            is_run: true,
-            problems: Vec::new(),
+            ..RunSummary::of_folder(Path::new("r"))
         };
         let runs = [
             run(&[("optim.base_lr", "0.0005"), ("seed", "42")]),
@@ -506,6 +555,37 @@ mod tests {
                 ("teacher.weights".to_string(), "w".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn a_folder_listed_again_reads_only_the_runs_that_changed_or_still_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("a-20261201-101500");
+        std::fs::create_dir_all(&run).unwrap();
+        let status = r#"{"state": "finished", "step": 1, "at": "20261201-110000"}"#;
+        std::fs::write(run.join("status.json"), status).unwrap();
+        let metrics = run.join("metrics.jsonl");
+        std::fs::write(&metrics, line(1, 0.5)).unwrap();
+        let mut folder = RunsFolder::default();
+        assert_eq!(folder.list(dir.path()).unwrap()[0].loss, Some(0.5));
+        // Same size, same time: an ended run is taken as it was (its file is not read again).
+        let time = std::fs::metadata(&metrics).unwrap().modified().unwrap();
+        std::fs::write(&metrics, line(1, 0.6)).unwrap();
+        File::options()
+            .append(true)
+            .open(&metrics)
+            .unwrap()
+            .set_modified(time)
+            .unwrap();
+        assert_eq!(folder.list(dir.path()).unwrap()[0].loss, Some(0.5));
+        // A line more: read again.
+        std::fs::write(&metrics, line(1, 0.6) + &line(2, 0.4)).unwrap();
+        let listed = folder.list(dir.path()).unwrap();
+        assert_eq!((listed[0].step, listed[0].loss), (Some(2), Some(0.4)));
+        // A folder removed is forgotten.
+        std::fs::remove_dir_all(&run).unwrap();
+        assert!(folder.list(dir.path()).unwrap().is_empty());
+        assert!(folder.known.is_empty());
     }
 
     #[test]

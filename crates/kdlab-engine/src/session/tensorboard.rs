@@ -211,7 +211,8 @@ fn wall_time() -> f64 {
 
 /// The machine's name for the file name, as TensorFlow's writer puts it there; "localhost" where
 /// the system does not say, and only file-name-safe characters.
-fn hostname() -> String {
+/// This machine's name, as file names may hold it (event files, a run's `status.json`).
+pub(crate) fn hostname() -> String {
     let name = ["/etc/hostname", "/proc/sys/kernel/hostname"]
         .iter()
         .find_map(|path| {

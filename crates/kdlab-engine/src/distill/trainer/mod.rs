@@ -38,7 +38,7 @@ use kdlab_model::optim::{StepOutcome, StudentOptimizer};
 use kdlab_model::pair::Student;
 use models::RunModels;
 use outputs::RunOutputs;
-use progress::{Progress, Speed};
+use progress::{Progress, Speed, StepLimits};
 
 /// A resumed run's training state and AdamW moments, from its last checkpoint.
 /// Both are checked first, against the run's plan, the student and each other.
@@ -54,7 +54,7 @@ fn restore<B: Backend, AB: Backend>(
     let (state, moments) = checkpoint::load_training_state(&last, device)?;
     let config = &plan.config;
     let bounds = StateBounds {
-        total_steps: plan.data.steps_per_epoch * config.optim.epochs,
+        total_steps: StepLimits::of(plan).total_steps,
         epochs: config.optim.epochs,
         batches_per_epoch: (plan.data.train.entries.len() * config.data.repeats)
             .div_ceil(config.optim.batch_size.max(1)),
@@ -167,18 +167,16 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         );
         let state = if plan.resume {
             let state = restore(plan, run, &student, &mut optimizer, &mut out, device)?;
-            if writes && let Some(cut) = run.cut_metrics_after(state.step)? {
-                out.log(&cut);
-                out.event(Event::Warning(cut));
-            }
             if writes {
+                if let Some(cut) = run.cut_metrics_after(state.step)? {
+                    out.warn(cut);
+                }
                 // TensorBoard is a convenience: a file it cannot cut is said, not fatal.
                 let cut = run
                     .cut_tensorboard_after(state.step)
                     .unwrap_or_else(|e| vec![format!("TensorBoard files not cut back: {e:#}")]);
                 for line in cut {
-                    out.log(&line);
-                    out.event(Event::Warning(line));
+                    out.warn(line);
                 }
             }
             state
@@ -504,20 +502,18 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         Ok(self.progress.record_val_loss(val_loss))
     }
 
-    /// The probe set's maps for the student as it is now, into `heatmaps/epoch-NNN`.
     /// The probe maps, or a warning in the log and the run's events when they cannot be written
     /// (a full disk, a folder taken away): the run goes on, as it does when TensorBoard fails.
     fn write_heatmaps_or_warn(&mut self, student: &Student<B>) {
         if let Err(error) = self.write_heatmaps(student) {
-            let warning = format!(
-                "the probe maps of epoch {} were not written: {error:#}",
-                self.progress.state.epoch
-            );
-            self.out.log(&format!("warning: {warning}"));
-            self.out.event(Event::Warning(warning));
+            let epoch = self.progress.state.epoch;
+            self.out.warn(format!(
+                "the probe maps of epoch {epoch} were not written: {error:#}"
+            ));
         }
     }
 
+    /// The probe set's maps for the student as it is now, into `heatmaps/epoch-NNN`.
     fn write_heatmaps(&mut self, student: &Student<B>) -> anyhow::Result<()> {
         let (step, epoch) = (self.progress.state.step, self.progress.state.epoch);
         let dir = self.out.run().epoch_heatmaps(epoch);

@@ -94,7 +94,11 @@ impl<'a> RunOutputs<'a> {
             return;
         }
         self.collapse_warned = true;
-        let warning = format!("step {step}: {sign}");
+        self.warn(format!("step {step}: {sign}"));
+    }
+
+    /// A warning: in the log (as `warning: …`) and to whoever follows the run.
+    pub(super) fn warn(&mut self, warning: String) {
         self.log(&format!("warning: {warning}"));
         self.event(Event::Warning(warning));
     }

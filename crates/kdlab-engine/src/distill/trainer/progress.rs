@@ -16,7 +16,7 @@ pub(super) struct StepLimits {
 }
 
 impl StepLimits {
-    fn of(plan: &RunPlan) -> Self {
+    pub(super) fn of(plan: &RunPlan) -> Self {
         let total_steps = plan.data.steps_per_epoch * plan.config.optim.epochs;
         Self {
             total_steps,
